@@ -1,0 +1,106 @@
+"""Runtime shims that let RecBole 1.2.1 run on torch 2.13, numpy 2, scipy >= 1.13 and ray 2.60.
+
+Every shim names the RecBole line it fixes (see ``specs/recbole-compat.md`` §3) and is idempotent.
+:func:`apply` runs on ``import recbole_ext``; Ray workers run it through :func:`setup_worker`
+(``runtime_env={"worker_process_setup_hook": "recbole_ext.compat.setup_worker"}``), because monkeypatches
+made in the driver process do not exist in worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+
+# torch.load gets weights_only=False only when called from these packages: RecBole checkpoints pickle a
+# Config object (and use pickle protocol 4), which torch >= 2.6's weights-only unpickler rejects.
+TRUSTED_CALLERS = ("recbole.", "recbole_ext.")
+_applied = False
+
+
+def _numpy_aliases() -> None:
+    """numpy 2 removed ``float_``/``complex_``/``unicode_``; RecBole's ``Config.compatibility_settings``
+    (configurator.py:630) reads them on every Config to re-create ``np.float`` etc. used in metrics.py,
+    interaction.py and dataset.py. Defining the three names is enough for RecBole to do the rest."""
+    import numpy as np
+
+    for name, value in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+        if name not in np.__dict__:
+            setattr(np, name, value)
+
+
+def _torch_load() -> None:
+    """trainer.py:583 (evaluate with load_best_model), :323 (resume) and quick_start.py:250
+    (load_data_and_model) call ``torch.load`` without ``weights_only``; torch >= 2.6 then refuses the
+    checkpoint. Default it to False for trusted callers only, instead of the process-wide env var."""
+    import torch
+
+    if getattr(torch.load, "_recbole_ext", False):
+        return
+    original = torch.load
+
+    @functools.wraps(original)
+    def load(*args, **kwargs):
+        if "weights_only" not in kwargs:
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith(TRUSTED_CALLERS):
+                kwargs["weights_only"] = False
+        return original(*args, **kwargs)
+
+    load._recbole_ext = True
+    torch.load = load
+
+
+def _scipy_dok_update() -> None:
+    """scipy 1.13 removed ``dok_matrix._update``, which LightGCN/NGCF/NCL/GCMC/SpectralCF build their
+    adjacency with (lightgcn.py:111); RecBole baselines in our benchmarks need it back."""
+    import scipy.sparse as sp
+
+    for cls in (sp.dok_matrix, getattr(sp, "dok_array", None)):
+        if cls is not None and not hasattr(cls, "_update"):
+            cls._update = lambda self, data: self._dict.update(data)
+
+
+def _anomaly_mode_off() -> None:
+    """sine.py:25 calls ``torch.autograd.set_detect_anomaly(True)`` at import time, and importing any
+    RecBole sequential model imports it: every later backward pass runs NaN checks (SASRec: 1.7x slower).
+    Import the package now, then switch the mode off again."""
+    import torch
+    import recbole.model.sequential_recommender  # noqa: F401  (runs sine.py's global switch now)
+
+    torch.autograd.set_detect_anomaly(False)
+
+
+def _warning_filters() -> None:
+    """Silence exactly the known-harmless warnings RecBole emits on this stack (§3.9), nothing broader."""
+    # trainer.py:30 imports torch.cuda.amp; the scaler is disabled by default (enable_scaler: False)
+    warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\..*is deprecated", category=FutureWarning)
+    # thop (FLOPs count in run_recbole) still uses distutils' LooseVersion
+    warnings.filterwarnings("ignore", message="distutils Version classes are deprecated", category=DeprecationWarning)
+    # dataset.py:501/648/650 chained inplace fillna and :1217 Series.agg(len): correct on pandas 2.x (pinned <3)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.data\.dataset")
+
+
+def apply() -> None:
+    """Apply every shim once per process."""
+    global _applied
+    if _applied:
+        return
+    _numpy_aliases()
+    _torch_load()
+    _scipy_dok_update()
+    _warning_filters()
+    _anomaly_mode_off()
+    _applied = True
+
+
+def sanitize_argv() -> None:
+    """RecBole's ``Config._load_cmd_line`` turns every ``--k=v`` of the *current process* into a top-priority
+    config key; in a Ray worker or under pytest those are the host's flags, not the user's (§3.10)."""
+    sys.argv = sys.argv[:1]
+
+
+def setup_worker() -> None:
+    """Ray ``worker_process_setup_hook``: shims, plugin registry, clean argv in every worker process."""
+    sanitize_argv()
+    import recbole_ext  # noqa: F401  (applies the shims and registers the models)

@@ -1,0 +1,1 @@
+"""Data: raw-file converters (``convert``) and the fixed-negatives evaluation protocol (``protocol``)."""

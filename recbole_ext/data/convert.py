@@ -1,0 +1,119 @@
+"""Raw dataset files -> RecBole atomic files under ``<data_path>/<name>/``.
+
+Each converter builds the whole dataset in a hidden sibling folder and renames it into place, so an
+interrupted run never leaves a half-written dataset (an older copy is replaced only once the new one is
+complete).
+
+* ``ml-1m``: MovieLens-1M ``ratings.dat``/``users.dat``/``movies.dat`` (``::``-separated, latin-1), with
+  RecBole's own ml-1m field names and types.
+* ``rechorus``: a ReChorus dataset folder (``train.csv``/``dev.csv``/``test.csv``, tab-separated
+  ``user_id item_id time``; dev/test add ``neg_items``) keeping its split and its negatives exactly: the
+  interactions are written train, dev, test in file order (RecBole's stable time sort then rebuilds ReChorus's
+  sequences, ties included), and the fixed negatives go to ``<name>.valid.neg`` / ``<name>.test.neg``, which
+  the fixed-negatives protocol reads and checks against RecBole's leave-one-out split.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+
+def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_csv(path, sep="\t", index=False)
+
+
+def _publish(build: Callable[[Path], None], data_path: str | Path, name: str) -> Path:
+    """Run ``build(tmp_dir)`` then move the finished folder to ``data_path/name``."""
+    root = Path(data_path)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
+    try:
+        build(tmp)
+        for file in tmp.iterdir():
+            file.rename(tmp / file.name.replace("__NAME__", name))
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=root))
+            target.rename(old / name)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def _read_dat(path: Path, columns: list[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: point --src at the folder holding the MovieLens-1M .dat files")
+    return pd.read_csv(path, sep="::", engine="python", names=columns, dtype=str, encoding="latin-1")
+
+
+def convert_ml1m(src: str | Path, data_path: str | Path = "dataset", name: str = "ml-1m") -> Path:
+    """MovieLens-1M raw files -> ``name.inter`` (user_id, item_id, rating, timestamp), ``name.user`` (user_id,
+    age, gender, occupation, zip_code), ``name.item`` (item_id, movie_title, release_year, genre)."""
+    src = Path(src)
+    ratings = _read_dat(src / "ratings.dat", ["user_id", "item_id", "rating", "timestamp"])
+    users = _read_dat(src / "users.dat", ["user_id", "gender", "age", "occupation", "zip_code"])
+    movies = _read_dat(src / "movies.dat", ["item_id", "title", "genres"])
+
+    inter = ratings.rename(columns={"user_id": "user_id:token", "item_id": "item_id:token",
+                                    "rating": "rating:float", "timestamp": "timestamp:float"})
+    user = pd.DataFrame({"user_id:token": users.user_id, "age:token": users.age, "gender:token": users.gender,
+                         "occupation:token": users.occupation, "zip_code:token": users.zip_code})
+    parts = movies.title.str.extract(r"^(.*?)\s*\((\d{4})\)\s*$")
+    item = pd.DataFrame({
+        "item_id:token": movies.item_id,
+        "movie_title:token_seq": parts[0].fillna(movies.title).str.replace(r"\s+", " ", regex=True),
+        "release_year:token": parts[1].fillna(""),
+        "genre:token_seq": movies.genres.str.replace("|", " ", regex=False),
+    })
+
+    def build(tmp: Path) -> None:
+        _write_atomic(inter, tmp / "__NAME__.inter")
+        _write_atomic(user, tmp / "__NAME__.user")
+        _write_atomic(item, tmp / "__NAME__.item")
+
+    return _publish(build, data_path, name)
+
+
+def _negatives(frame: pd.DataFrame) -> pd.DataFrame:
+    negs = frame.neg_items.map(lambda text: " ".join(str(i) for i in ast.literal_eval(text)))
+    return pd.DataFrame({"user_id:token": frame.user_id, "item_id:token": frame.item_id, "neg_items:token_seq": negs})
+
+
+def convert_rechorus(src: str | Path, data_path: str | Path = "dataset", name: str | None = None) -> Path:
+    """ReChorus dataset folder -> ``name.inter`` (+ ``name.item`` from item_meta.csv) and the fixed negatives."""
+    src = Path(src)
+    name = name or src.name
+    frames = {}
+    for part in ("train", "dev", "test"):
+        path = src / f"{part}.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: --src must be a ReChorus dataset folder (train/dev/test.csv)")
+        frames[part] = pd.read_csv(path, sep="\t", dtype=str)
+    inter = pd.concat([frames[p][["user_id", "item_id", "time"]] for p in ("train", "dev", "test")], ignore_index=True)
+    inter.columns = ["user_id:token", "item_id:token", "timestamp:float"]
+
+    def build(tmp: Path) -> None:
+        _write_atomic(inter, tmp / "__NAME__.inter")
+        _write_atomic(_negatives(frames["dev"]), tmp / "__NAME__.valid.neg")
+        _write_atomic(_negatives(frames["test"]), tmp / "__NAME__.test.neg")
+        meta = src / "item_meta.csv"
+        if meta.is_file():
+            items = pd.read_csv(meta, sep="\t", dtype=str)
+            items = items[["item_id"] + [c for c in items.columns if c.startswith("i_")]]  # r_* are relations
+            _write_atomic(items.rename(columns=lambda c: f"{c}:token"), tmp / "__NAME__.item")
+
+    return _publish(build, data_path, name)
+
+
+CONVERTERS = {"ml-1m": convert_ml1m, "rechorus": convert_rechorus}

@@ -1,0 +1,162 @@
+"""The fixed-negatives evaluation protocol (``eval_protocol: fixed_negatives``, preset ``protocol: rechorus``).
+
+It plugs into RecBole's ``data_preparation`` through the two module globals that function looks up at call
+time, ``recbole.data.utils.create_samplers`` and ``get_dataloader``; both wrappers delegate to RecBole unless
+the protocol is on:
+
+* ``create_samplers`` gives the valid and test splits a :class:`FixedNegatives` "sampler": one fixed
+  ``[rows, N]`` matrix of negative item ids per split, row-aligned with the split. It comes from the dataset's
+  own ``<dataset>.valid.neg`` / ``.test.neg`` files when present (e.g. ReChorus's lists, kept exactly), or is
+  drawn once with a seeded generator, uniformly with replacement from the items the user never interacted with.
+* ``get_dataloader`` returns :class:`FixedNegEvalDataLoader` for valid/test: RecBole's full-sort loader whose
+  batches also carry ``candidates = [target, negatives...]``. The plugin trainer mixin
+  (:mod:`recbole_ext.trainer.base`) scores a batch once with ``full_sort_predict``, gathers the candidate
+  columns and ranks the target pessimistically; RecBole's Collector and metrics do the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.interaction import Interaction
+from recbole.utils import ModelType
+
+CANDIDATES = "candidates"
+PHASES = {"valid": 1, "test": 2}
+
+
+def user_item_keys(splits, uid_field: str, iid_field: str, list_field: str, n_items: int) -> np.ndarray:
+    """Sorted unique ``user * n_items + item`` keys of every interaction in sequential splits: every target,
+    plus every history item (which covers each user's first interaction, never a target)."""
+    keys = []
+    for split in splits:
+        feat = split.inter_feat
+        users = feat[uid_field].numpy().astype(np.int64)
+        keys.append(users * n_items + feat[iid_field].numpy())
+        history = feat[list_field].numpy()
+        rows, cols = np.nonzero(history)
+        keys.append(users[rows] * n_items + history[rows, cols])
+    return np.unique(np.concatenate(keys))
+
+
+def sample_negatives(users: np.ndarray, seen: np.ndarray, n_items: int, n_neg: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """Uniform ids in [1, n_items) with replacement, redrawn until none is an item the user has (``seen``:
+    sorted user*n_items+item keys). users: [R] -> [R, n_neg] int64. Vectorised rejection sampling."""
+    negatives = rng.integers(1, n_items, size=(len(users), n_neg))
+    bad = np.isin(users[:, None] * n_items + negatives, seen)
+    while bad.any():
+        negatives[bad] = rng.integers(1, n_items, size=int(bad.sum()))
+        bad[bad] = np.isin(users[np.nonzero(bad)[0]] * n_items + negatives[bad], seen)
+    return negatives
+
+
+def read_shipped(path: Path, dataset, split) -> np.ndarray:
+    """Negatives from an atomic ``user_id:token item_id:token neg_items:token_seq`` file, aligned to the split's
+    rows; fails if the split RecBole made is not the one the file was written for."""
+    uid, iid = dataset.uid_field, dataset.iid_field
+    frame = pd.read_csv(path, sep="\t", dtype=str)
+    frame.columns = [c.split(":")[0] for c in frame.columns]
+    item_ids = dataset.field2token_id[iid]
+    tokens = frame["neg_items"].str.split(" ").explode()
+    mapped = tokens.map(item_ids)
+    if mapped.isna().any():
+        raise ValueError(f"{path}: negative item {tokens[mapped.isna()].iloc[0]!r} is not an item of the dataset")
+    if tokens.groupby(level=0).size().nunique() != 1:
+        raise ValueError(f"{path}: every row needs the same number of negatives")
+    negatives = mapped.to_numpy(np.int64).reshape(len(frame), -1)
+    users = frame[uid].map(dataset.field2token_id[uid])
+    targets = frame[iid].map(item_ids)
+    row_of_user = pd.Series(np.arange(len(frame)), index=users.to_numpy())
+    split_users = split.inter_feat[uid].numpy()
+    if not row_of_user.index.is_unique or not np.isin(split_users, row_of_user.index).all():
+        raise ValueError(f"{path}: needs exactly one row per user of the split (leave-one-out)")
+    rows = row_of_user.loc[split_users].to_numpy()
+    mismatch = (targets.to_numpy()[rows] != split.inter_feat[iid].numpy()).sum()
+    if mismatch:
+        raise ValueError(f"{path}: {mismatch} of {len(rows)} targets differ from RecBole's leave-one-out split; "
+                         "the file belongs to another split (re-run the converter)")
+    return negatives[rows]
+
+
+class FixedNegatives:
+    """The fixed negatives of one evaluation split (``negatives``: [rows, N] internal item ids)."""
+
+    def __init__(self, config, dataset, built_datasets, phase: str, seen: np.ndarray | None):
+        split = built_datasets[PHASES[phase]]
+        shipped = Path(config["data_path"]) / f"{config['dataset']}.{phase}.neg"
+        if shipped.is_file():
+            self.source = str(shipped)
+            negatives = read_shipped(shipped, dataset, split)
+        else:
+            self.source = f"sampled (seed {config['seed']}, {config['eval_neg_num']} per row)"
+            rng = np.random.default_rng([int(config["seed"]), PHASES[phase]])
+            users = split.inter_feat[dataset.uid_field].numpy().astype(np.int64)
+            negatives = sample_negatives(users, seen, dataset.item_num, int(config["eval_neg_num"]), rng)
+        self.negatives = torch.as_tensor(negatives, dtype=torch.long)
+
+
+class FixedNegEvalDataLoader(FullSortEvalDataLoader):
+    """RecBole's sequential full-sort loader plus a ``candidates`` field [B, 1+N] (column 0 = target).
+
+    ``positive_i`` is 0: after the trainer gathers the candidate columns, the target sits in column 0.
+    """
+
+    trainer_ready = False  # set by the plugin trainer mixin; RecBole's plain Trainer would rank all items
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        if not isinstance(sampler, FixedNegatives):
+            raise TypeError("FixedNegEvalDataLoader needs the FixedNegatives sampler made by data_preparation")
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+
+    def collate_fn(self, index):
+        if not self.trainer_ready:
+            raise RuntimeError(
+                "eval_protocol=fixed_negatives needs a recbole_ext trainer: use recbole_ext.run() or "
+                "run_recbole_ext.py (RecBole's run_recbole supports it for recbole_ext models only)")
+        interaction, _, positive_u, _ = super().collate_fn(index)
+        negatives = self._sampler.negatives[torch.as_tensor(index)]
+        candidates = torch.cat([interaction[self.iid_field].unsqueeze(1), negatives], dim=1)
+        interaction.update(Interaction({CANDIDATES: candidates}))
+        return interaction, None, positive_u, torch.zeros_like(positive_u)
+
+
+def _protocol_on(config) -> bool:
+    mode = config["eval_protocol"] or "recbole"
+    if mode not in ("recbole", "fixed_negatives"):
+        raise ValueError(f"eval_protocol: unknown value {mode!r}; choose 'recbole' or 'fixed_negatives'")
+    if mode == "fixed_negatives" and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        raise ValueError("eval_protocol: 'fixed_negatives' is for sequential models; use 'recbole' for "
+                         f"{config['model']}")
+    return mode == "fixed_negatives"
+
+
+def install_hooks() -> None:
+    """Wrap ``recbole.data.utils.create_samplers`` and ``get_dataloader`` once (they delegate when off)."""
+    import recbole.data.utils as data_utils
+
+    if getattr(data_utils.get_dataloader, "_recbole_ext", False):
+        return
+    create_samplers, get_dataloader = data_utils.create_samplers, data_utils.get_dataloader
+
+    def create_samplers_hook(config, dataset, built_datasets):
+        samplers = create_samplers(config, dataset, built_datasets)
+        if not _protocol_on(config):
+            return samplers
+        seen = None
+        if not all((Path(config["data_path"]) / f"{config['dataset']}.{p}.neg").is_file() for p in PHASES):
+            seen = user_item_keys(built_datasets, dataset.uid_field, dataset.iid_field,
+                                  dataset.item_id_list_field, dataset.item_num)
+        return (samplers[0], *(FixedNegatives(config, dataset, built_datasets, p, seen) for p in PHASES))
+
+    def get_dataloader_hook(config, phase):
+        if phase in PHASES and _protocol_on(config):
+            return FixedNegEvalDataLoader
+        return get_dataloader(config, phase)
+
+    create_samplers_hook._recbole_ext = get_dataloader_hook._recbole_ext = True
+    data_utils.create_samplers, data_utils.get_dataloader = create_samplers_hook, get_dataloader_hook

@@ -1,0 +1,89 @@
+"""One way in: ``run`` is what the CLI, Ray Tune trials and the benchmarks call; RecBole's own
+``run_recbole`` also works for plugin models after ``import recbole_ext``."""
+
+from __future__ import annotations
+
+from logging import getLogger
+from pathlib import Path
+from typing import Callable
+
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.quick_start import load_data_and_model
+from recbole.utils import get_model, init_logger, init_seed
+
+from recbole_ext import registry
+from recbole_ext.trainer.base import resolve_trainer
+
+
+class DatasetNotFound(FileNotFoundError):
+    """The dataset is neither in ``data_path`` nor downloadable."""
+
+
+def load_dataset(config: Config):
+    """RecBole's ``create_dataset`` (which downloads known datasets when missing), with a one-line error
+    naming the converter when the files are absent and the download fails."""
+    try:
+        return create_dataset(config)
+    except (Exception, SystemExit) as exc:
+        folder = Path(config["data_path"])
+        if any(folder.glob(f"{config['dataset']}*.inter")):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetNotFound(
+            f"dataset {config['dataset']!r} is not in {folder}/ and could not be downloaded ({reason}); "
+            f"convert local raw files with: python run_recbole_ext.py --convert=ml-1m|rechorus --src=RAW_DIR "
+            f"--dataset={config['dataset']}") from None
+
+
+def build_config(model: str, dataset: str, config_file_list: list[str] | None = None,
+                 config_dict: dict | None = None) -> Config:
+    registry.check_model(model)
+    return Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+
+
+def run(model: str, dataset: str, config_file_list: list[str] | None = None, config_dict: dict | None = None,
+        saved: bool = True, callback_fn: Callable[[int, float], None] | None = None) -> dict:
+    """Train with validation-based model selection, then test the best checkpoint.
+
+    ``callback_fn(epoch, valid_score)`` runs after every validation (Ray Tune reports through it).
+    Returns RecBole's result dict plus ``checkpoint``, ``epochs``, ``train_seconds``/``valid_seconds`` per
+    epoch and ``valid_scores`` (the valid curve).
+    """
+    config = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    data = load_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    logger.info(net)
+    trainer = resolve_trainer(config)(config, net)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn)
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    logger.info(f"best valid : {best_valid_result}")
+    logger.info(f"test result: {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "epochs": len(trainer.train_seconds),
+        "train_seconds": trainer.train_seconds,
+        "valid_seconds": trainer.valid_seconds,
+        "valid_scores": trainer.valid_scores,
+    }
+
+
+def evaluate_checkpoint(checkpoint: str) -> dict:
+    """Rebuild data and model from a checkpoint (config inside) and evaluate its test split."""
+    config, net, _, _, _, test_data = load_data_and_model(checkpoint)
+    return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=False)
+
+
+load = load_data_and_model

@@ -1,0 +1,177 @@
+"""Model discovery: entry points of the group ``recbole.models`` become models RecBole itself can find.
+
+No RecBole source is patched. Three hooks, all on RecBole's documented lookup paths (specs/recbole-compat.md §5):
+
+* **model**: the model's module is aliased as ``recbole.model.<type>_recommender.<name lower>`` in
+  ``sys.modules``; ``recbole.utils.get_model`` resolves names with ``importlib.util.find_spec``, which returns
+  the cached module's spec, so every caller (Config, run_recbole, load_data_and_model, ...) finds it.
+* **trainer**: ``recbole.trainer.<Name>Trainer`` is what ``recbole.utils.get_trainer`` looks up. A model either
+  declares one (entry-point group ``recbole.trainers``, key = model name) or gets RecBole's ``Trainer`` with the
+  plugin's evaluation protocols mixed in.
+* **config**: ``Config._load_internal_config_dict`` is wrapped so the model's YAML, then the protocol preset it
+  asks for, land after RecBole's built-in defaults and before user files/dicts/command line (user config wins),
+  the same place RecBole-GNN puts its YAMLs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from importlib import resources
+from importlib.metadata import entry_points
+from pathlib import Path
+
+MODEL_GROUP = "recbole.models"
+TRAINER_GROUP = "recbole.trainers"
+_SUBMODULES = {
+    "GENERAL": "general_recommender",
+    "SEQUENTIAL": "sequential_recommender",
+    "CONTEXT": "context_aware_recommender",
+    "KNOWLEDGE": "knowledge_aware_recommender",
+}
+# exlib_recommender is left out: its __init__ imports lightgbm and xgboost, which are optional.
+_BUILTIN_SUBMODULES = tuple(_SUBMODULES.values())
+
+MODELS: dict[str, type] = {}
+_YAMLS: dict[str, Path] = {}
+
+
+class RegistryError(RuntimeError):
+    """A plugin model cannot be registered (name clash, bad entry point)."""
+
+
+def properties_dir() -> Path:
+    """Folder of the YAMLs shipped with recbole_ext (``properties/`` in the source tree)."""
+    return Path(str(resources.files("recbole_ext.properties")))
+
+
+def protocols() -> list[str]:
+    return sorted(p.stem for p in (properties_dir() / "protocol").glob("*.yaml")) + ["recbole"]
+
+
+def _find_yaml(cls: type) -> Path | None:
+    """``<Name>.yaml``: ours in properties/model/; another distribution's beside its module or in its
+    top-level package's properties/model/."""
+    if cls.__module__.startswith("recbole_ext."):
+        candidates = [properties_dir() / "model" / f"{cls.__name__}.yaml"]
+    else:
+        module_file = Path(sys.modules[cls.__module__].__file__)
+        top = module_file.parents[max(cls.__module__.count("."), 1) - 1]
+        candidates = [module_file.with_name(f"{cls.__name__}.yaml"), top / "properties" / "model" / f"{cls.__name__}.yaml"]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _builtin_clash(name: str) -> str | None:
+    for sub in _BUILTIN_SUBMODULES:
+        alias = f"recbole.model.{sub}.{name.lower()}"
+        module = sys.modules.get(alias)
+        if module is not None and getattr(module, "__recbole_ext_alias__", False):
+            continue
+        if importlib.util.find_spec(alias) is not None:
+            return alias
+    return None
+
+
+def register_model(cls: type, trainer: type | None = None) -> None:
+    """Make ``cls`` a RecBole model found by name. Idempotent for the same class."""
+    name = cls.__name__
+    if MODELS.get(name) is cls:
+        return
+    if name in MODELS:
+        raise RegistryError(f"model name {name!r} is registered twice ({MODELS[name].__module__} and {cls.__module__})")
+    clash = _builtin_clash(name)
+    if clash:
+        raise RegistryError(f"plugin model {name!r} ({cls.__module__}) collides with RecBole's built-in {clash}; rename the class")
+    model_type = getattr(getattr(cls, "type", None), "name", None)
+    if model_type not in _SUBMODULES:
+        raise RegistryError(f"{cls.__module__}.{name} needs a class attribute `type` (a recbole.utils.ModelType)")
+    module = sys.modules[cls.__module__]
+    module.__recbole_ext_alias__ = True
+    sys.modules[f"recbole.model.{_SUBMODULES[model_type]}.{name.lower()}"] = module
+
+    import recbole.trainer
+
+    if trainer is None and not hasattr(recbole.trainer, f"{name}Trainer"):
+        from recbole_ext.trainer.base import default_trainer
+
+        trainer = default_trainer(cls)
+    if trainer is not None:
+        setattr(recbole.trainer, f"{name}Trainer", trainer)
+    yaml = _find_yaml(cls)
+    if yaml is not None:
+        _YAMLS[name] = yaml
+    MODELS[name] = cls
+
+
+def _load_group(group: str) -> dict[str, object]:
+    loaded = {}
+    for ep in entry_points(group=group):
+        try:
+            loaded[ep.name] = ep.load()
+        except Exception as exc:  # a broken third-party plugin must not take the others down silently
+            raise RegistryError(f"entry point {ep.name!r} = {ep.value!r} ({group}) failed to load: {exc}") from exc
+    return loaded
+
+
+def register_all() -> None:
+    """Register every model declared under the ``recbole.models`` entry-point group (any distribution)."""
+    trainers = _load_group(TRAINER_GROUP)
+    for name, cls in _load_group(MODEL_GROUP).items():
+        if getattr(cls, "__name__", None) != name:
+            raise RegistryError(f"entry point {name!r} must point to a class of the same name, got {cls!r}")
+        register_model(cls, trainers.get(name))
+    _wrap_config()
+    from recbole_ext.data.protocol import install_hooks
+
+    install_hooks()
+
+
+def _wrap_config() -> None:
+    from recbole.config.configurator import Config
+
+    if getattr(Config._load_internal_config_dict, "_recbole_ext", False):
+        return
+    original = Config._load_internal_config_dict
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        original(self, model, model_class, dataset)
+        if model in _YAMLS:
+            self._update_internal_config_dict(str(_YAMLS[model]))
+        protocol = self.external_config_dict.get("protocol", self.internal_config_dict.get("protocol"))
+        if protocol not in (None, "recbole"):
+            preset = properties_dir() / "protocol" / f"{protocol}.yaml"
+            if not preset.is_file():
+                raise ValueError(f"protocol: unknown value {protocol!r}; choose one of {protocols()}")
+            self._update_internal_config_dict(str(preset))
+
+    _load_internal_config_dict._recbole_ext = True
+    Config._load_internal_config_dict = _load_internal_config_dict
+
+
+def builtin_models() -> list[str]:
+    """Class names of RecBole's own models (exlib models need lightgbm/xgboost and are left out)."""
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    names = set()
+    for sub in _BUILTIN_SUBMODULES:
+        package = importlib.import_module(f"recbole.model.{sub}")
+        for attr, value in vars(package).items():
+            if isinstance(value, type) and issubclass(value, AbstractRecommender) and attr not in MODELS:
+                names.add(attr)
+    return sorted(names)
+
+
+def check_model(name: str) -> None:
+    """Fail with one line listing what exists, instead of RecBole's ``No module named 'lightgbm'``."""
+    if name in MODELS or name in builtin_models():
+        return
+    raise ValueError(
+        f"unknown model {name!r}. Plugin models: {', '.join(sorted(MODELS))}. "
+        f"RecBole models: {', '.join(builtin_models())}"
+    )
+
+
+def model_yaml(name: str) -> Path | None:
+    return _YAMLS.get(name)
+

@@ -1,0 +1,1 @@
+"""Trainers: the plugin mixin every plugin model's trainer carries, and model-specific trainers."""

@@ -1,0 +1,77 @@
+"""What the plugin adds to RecBole's ``Trainer``, as a mixin so any RecBole trainer can take it.
+
+* evaluation under ``eval_protocol: fixed_negatives`` (one ``full_sort_predict`` per batch, candidate columns
+  gathered, pessimistic rank; see :mod:`recbole_ext.data.protocol`);
+* ``stopping_rule: rechorus``: besides RecBole's ``stopping_step``, stop once more than 20 evaluations have run
+  and the last 10 valid scores never increased (ReChorus BaseRunner rule a);
+* ``no_bias_decay: True``: weight decay on every parameter except those named ``*bias*`` (ReChorus).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from recbole.trainer import Trainer
+from recbole.utils import get_trainer
+
+from recbole_ext.data.protocol import CANDIDATES, FixedNegEvalDataLoader
+from recbole_ext.evaluation.ranking import rank_scores
+
+
+class PluginTrainerMixin:
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.valid_scores: list[float] = []
+        self.train_seconds: list[float] = []  # per epoch, for benchmarks and sweeps
+        self.valid_seconds: list[float] = []
+
+    def _build_optimizer(self, **kwargs):
+        if self.config["no_bias_decay"] and "params" not in kwargs:
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            kwargs["params"] = [
+                {"params": [p for n, p in named if "bias" not in n]},
+                {"params": [p for n, p in named if "bias" in n], "weight_decay": 0.0},
+            ]
+        return super()._build_optimizer(**kwargs)
+
+    def evaluate(self, eval_data, *args, **kwargs):
+        if isinstance(eval_data, FixedNegEvalDataLoader):
+            eval_data.trainer_ready = True
+        return super().evaluate(eval_data, *args, **kwargs)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if CANDIDATES in interaction:
+            scores = rank_scores(scores.gather(1, interaction[CANDIDATES].to(scores.device)))
+        return interaction, scores, positive_u, positive_i
+
+    def _train_epoch(self, *args, **kwargs):
+        start = perf_counter()
+        loss = super()._train_epoch(*args, **kwargs)
+        self.train_seconds.append(perf_counter() - start)
+        return loss
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        start = perf_counter()
+        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        self.valid_seconds.append(perf_counter() - start)
+        self.valid_scores.append(score)
+        last = self.valid_scores[-10:]
+        if (self.config["stopping_rule"] == "rechorus" and len(self.valid_scores) > 20
+                and all(a >= b for a, b in zip(last, last[1:]))):
+            # RecBole's early_stopping() adds one to cur_step on a non-improving score and then stops
+            self.cur_step = self.stopping_step
+        return score, result
+
+
+def default_trainer(model_class: type) -> type:
+    """``<Model>Trainer`` for a plugin model that declares none: RecBole's Trainer with the mixin."""
+    return type(f"{model_class.__name__}Trainer", (PluginTrainerMixin, Trainer), {"__module__": __name__})
+
+
+def resolve_trainer(config) -> type:
+    """The trainer RecBole would pick for the config's model, with the mixin added if it lacks it."""
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])
+    if issubclass(trainer, PluginTrainerMixin):
+        return trainer
+    return type(trainer.__name__, (PluginTrainerMixin, trainer), {"__module__": __name__})

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         files = args.config_files.split() if args.config_files else None
         result = recbole_ext.run(args.model, args.dataset or DEFAULT_DATASET, config_file_list=files)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2
     print(f"\n{args.model} on {args.dataset or DEFAULT_DATASET}: {result['epochs']} epochs, "
           f"best valid {result['best_valid_score']:.4f}")

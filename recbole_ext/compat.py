@@ -20,11 +20,15 @@ _applied = False
 
 def _numpy_aliases() -> None:
     """numpy 2 removed ``float_``/``complex_``/``unicode_``; RecBole's ``Config.compatibility_settings``
-    (configurator.py:630) reads them on every Config to re-create ``np.float`` etc. used in metrics.py,
-    interaction.py and dataset.py. Defining the three names is enough for RecBole to do the rest."""
+    (configurator.py:630) reads them on every Config to re-create the numpy-1 names ``np.float``, ``np.bool``, ...
+    that metrics.py (lines 90-287), interaction.py:31 and dataset.py:652 use. Define both sets now, with the
+    values RecBole assigns, so RecBole code that runs before any Config (e.g. a metric class) works too."""
     import numpy as np
 
-    for name, value in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+    aliases = {"float_": np.float64, "complex_": np.complex128, "unicode_": np.str_}
+    aliases.update({"bool": np.bool_, "int": np.int_, "float": np.float64, "complex": np.complex128,
+                    "object": np.object_, "str": np.str_, "long": np.int_, "unicode": np.str_})
+    for name, value in aliases.items():
         if name not in np.__dict__:
             setattr(np, name, value)
 

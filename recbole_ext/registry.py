@@ -10,7 +10,8 @@ No RecBole source is patched. Three hooks, all on RecBole's documented lookup pa
   plugin's evaluation protocols mixed in.
 * **config**: ``Config._load_internal_config_dict`` is wrapped so the model's YAML, then the protocol preset it
   asks for, land after RecBole's built-in defaults and before user files/dicts/command line (user config wins),
-  the same place RecBole-GNN puts its YAMLs.
+  the same place RecBole-GNN puts its YAMLs. A model's ``config_choices`` (key -> allowed values) are checked
+  there too, so a bad value fails before any data is loaded, naming the key.
 """
 
 from __future__ import annotations
@@ -138,7 +139,11 @@ def _wrap_config() -> None:
         original(self, model, model_class, dataset)
         if model in _YAMLS:
             self._update_internal_config_dict(str(_YAMLS[model]))
-        protocol = self.external_config_dict.get("protocol", self.internal_config_dict.get("protocol"))
+        merged = {**self.internal_config_dict, **self.external_config_dict}
+        for key, choices in getattr(model_class, "config_choices", {}).items():
+            if merged.get(key) not in choices:
+                raise ValueError(f"{key}: {merged.get(key)!r} is not valid for {model}; choose one of {list(choices)}")
+        protocol = merged.get("protocol")
         if protocol not in (None, "recbole"):
             preset = properties_dir() / "protocol" / f"{protocol}.yaml"
             if not preset.is_file():

@@ -36,6 +36,7 @@ def _publish(build: Callable[[Path], None], data_path: str | Path, name: str) ->
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
     try:
         build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         for file in tmp.iterdir():
             file.rename(tmp / file.name.replace("__NAME__", name))
         if target.exists():
@@ -54,7 +55,18 @@ def _publish(build: Callable[[Path], None], data_path: str | Path, name: str) ->
 def _read_dat(path: Path, columns: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: point --src at the folder holding the MovieLens-1M .dat files")
-    return pd.read_csv(path, sep="::", engine="python", names=columns, dtype=str, encoding="latin-1")
+    # Fast path: split on ':' with the C parser and keep every other column. A field holding ':' itself (movie
+    # titles such as "Star Wars: Episode IV") breaks the column pattern; then use the slow '::' parser.
+    try:
+        frame = pd.read_csv(path, sep=":", header=None, dtype=str, encoding="latin-1", keep_default_na=False)
+        if frame.shape[1] == 2 * len(columns) - 1 and (frame.iloc[:, 1::2] == "").all(axis=None):
+            frame = frame.iloc[:, ::2]
+            frame.columns = columns
+            return frame
+    except pd.errors.ParserError:
+        pass
+    return pd.read_csv(path, sep="::", engine="python", names=columns, dtype=str, encoding="latin-1",
+                       keep_default_na=False)
 
 
 def convert_ml1m(src: str | Path, data_path: str | Path = "dataset", name: str = "ml-1m") -> Path:

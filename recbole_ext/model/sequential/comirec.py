@@ -29,11 +29,11 @@ class ComiRec(SequentialRecommender):
     r"""ComiRec-SA for RecBole. Config keys: ``embedding_size``, ``attn_size``, ``n_interests``, ``add_pos``,
     ``loss_type`` (BPR | CE)."""
 
+    config_choices = {"loss_type": ("BPR", "CE")}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.loss_type = config["loss_type"]
-        if self.loss_type not in ("BPR", "CE"):
-            raise ValueError(f"loss_type: ComiRec supports 'BPR' or 'CE', got {self.loss_type!r}")
         self.extractor = MultiInterestExtractor(
             self.n_items, config["embedding_size"], config["attn_size"], config["n_interests"],
             self.max_seq_length, add_pos=bool(config["add_pos"]), add_trm=False, aggregate="raw",

@@ -1,0 +1,79 @@
+"""Entry points: RecBole's run_recbole / load_data_and_model, recbole_ext.run, the CLI and its errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from recbole.quick_start import load_data_and_model, run_recbole
+
+from recbole_ext import run
+from recbole_ext.cli import main
+from recbole_ext.quick_start import evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_recbole_run_recbole_trains_plugin_model(tiny):
+    result = run_recbole(model="ComiRec", dataset="tiny", config_dict=tiny)
+    assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
+
+
+def test_checkpoint_round_trip_gives_equal_predictions_and_metrics(tiny):
+    result = run("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus"})
+    config, model, _, _, _, _ = load_data_and_model(result["checkpoint"])
+    state = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert evaluate_checkpoint(result["checkpoint"]) == result["test_result"]
+
+
+def test_full_sort_predict_agrees_with_predict(tiny):
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model
+
+    config = Config(model="ComiRec", dataset="tiny", config_dict=tiny)
+    train, _, test = data_preparation(config, create_dataset(config))
+    model = get_model("ComiRec")(config, train._dataset).eval()
+    interaction = next(iter(test))[0]
+    full = model.full_sort_predict(interaction)
+    assert full.shape == (len(interaction), train._dataset.item_num)
+    picked = full.gather(1, interaction["item_id"].unsqueeze(1)).squeeze(1)
+    assert torch.allclose(model.predict(interaction), picked, atol=1e-6)
+
+
+def test_cli_unknown_model_is_one_line_listing_models(capsys):
+    assert main(["--model=NoSuchModel", "--dataset=ml-100k"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ComiRec" in err and "SASRec" in err
+
+
+def test_cli_missing_dataset_says_how_to_convert(capsys, tmp_path):
+    assert main(["--model=ComiRec", "--dataset=nowhere-data", f"--data_path={tmp_path}/none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--convert=" in err and "nowhere-data" in err
+
+
+def test_cli_bad_config_value_names_the_key(capsys, tiny):
+    assert main(["--model=ComiRec", "--dataset=tiny", f"--data_path={tiny['data_path']}", "--loss_type=XYZ",
+                 "--epochs=1", "--state=ERROR"]) == 2
+    assert "loss_type" in capsys.readouterr().err
+
+
+def test_cli_list_and_convert_usage(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "ComiRec" in out and "rechorus" in out and "ml-100k" in out
+    assert main(["--convert=ml-1m"]) == 2
+    assert "--src" in capsys.readouterr().err
+
+
+def test_script_runs_as_a_user_would(tiny):
+    proc = subprocess.run([sys.executable, str(ROOT / "run_recbole_ext.py"), "--model=ComiRec", "--dataset=tiny",
+                           f"--data_path={tiny['data_path']}", "--epochs=1", "--embedding_size=8",
+                           "--show_progress=False", "--state=ERROR", f"--checkpoint_dir={tiny['checkpoint_dir']}",
+                           "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "test:" in proc.stdout and "ndcg@10" in proc.stdout

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL, DEFAULT_DATASET = "ComiRec", "ml-100k"
+DEFAULT_MODEL, DEFAULT_DATASET = "TiMiRec", "ml-100k"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -77,3 +77,12 @@ def test_shipped_negatives_must_match_the_split(tiny, tmp_path):
                       "neg_items:token_seq": "i1 i2 i3"}).to_csv(folder / f"tiny.{phase}.neg", sep="\t", index=False)
     with pytest.raises(ValueError, match="targets differ from RecBole's leave-one-out split"):
         run("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus", "topk": [2]})
+
+
+def test_recbole_builtin_model_runs_under_the_protocol(tiny):
+    """SASRec has no predict_candidates: the trainer mixin falls back to full_sort_predict + gather."""
+    cfg = {**tiny, "protocol": "rechorus", "n_layers": 1, "n_heads": 1, "hidden_size": 8, "inner_size": 8,
+           "loss_type": "CE", "train_neg_sample_args": None}
+    result = run("SASRec", "tiny", config_dict=cfg)
+    assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
+    assert len(result["valid_scores"]) == 1

@@ -77,3 +77,19 @@ def test_script_runs_as_a_user_would(tiny):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "test:" in proc.stdout and "ndcg@10" in proc.stdout
+
+
+def test_candidate_scoring_equals_full_sort_gather(tiny):
+    """predict_candidates ([B, C] directly) must agree with the generic full-sort + gather path."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model
+
+    for name in ("ComiRec", "TiMiRec"):
+        config = Config(model=name, dataset="tiny", config_dict=tiny)
+        train, _, test = data_preparation(config, create_dataset(config))
+        model = get_model(name)(config, train._dataset).eval()
+        interaction = next(iter(test))[0]
+        candidates = torch.randint(1, train._dataset.item_num, (len(interaction), 7))
+        expected = model.full_sort_predict(interaction).gather(1, candidates)
+        assert torch.allclose(model.predict_candidates(interaction, candidates), expected, atol=1e-5), name

@@ -1,10 +1,12 @@
 """What the plugin adds to RecBole's ``Trainer``, as a mixin so any RecBole trainer can take it.
 
-* evaluation under ``eval_protocol: fixed_negatives`` (one ``full_sort_predict`` per batch, candidate columns
-  gathered, pessimistic rank; see :mod:`recbole_ext.data.protocol`);
+* evaluation under ``eval_protocol: fixed_negatives``: ``model.predict_candidates(interaction, candidates)``
+  ([B, 1+N]) when the model has it, else one ``full_sort_predict`` with the candidate columns gathered; then the
+  pessimistic rank (see :mod:`recbole_ext.data.protocol`);
 * ``stopping_rule: rechorus``: besides RecBole's ``stopping_step``, stop once more than 20 evaluations have run
   and the last 10 valid scores never increased (ReChorus BaseRunner rule a);
-* ``no_bias_decay: True``: weight decay on every parameter except those named ``*bias*`` (ReChorus).
+* ``no_bias_decay: True``: weight decay on every parameter except those named ``*bias*`` (ReChorus);
+* ``time_budget: SECONDS``: stop at the first validation after that much time in ``fit`` (benchmarks, sweeps).
 """
 
 from __future__ import annotations
@@ -40,10 +42,21 @@ class PluginTrainerMixin:
         return super().evaluate(eval_data, *args, **kwargs)
 
     def _full_sort_batch_eval(self, batched_data):
-        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
-        if CANDIDATES in interaction:
-            scores = rank_scores(scores.gather(1, interaction[CANDIDATES].to(scores.device)))
-        return interaction, scores, positive_u, positive_i
+        interaction, _, positive_u, positive_i = batched_data
+        if CANDIDATES not in interaction:
+            return super()._full_sort_batch_eval(batched_data)
+        candidates = interaction[CANDIDATES].to(self.device)  # [B, 1+N], column 0 = target
+        scorer = getattr(self.model, "predict_candidates", None)
+        if scorer is not None:  # the model scores [B, 1+N] directly
+            scores = scorer(interaction.to(self.device), candidates)
+        else:  # any RecBole model: one full-sort pass, then the candidate columns
+            scores = super()._full_sort_batch_eval(batched_data)[1].gather(1, candidates)
+        return interaction, rank_scores(scores), positive_u, positive_i
+
+    def fit(self, *args, **kwargs):
+        self.fit_started = perf_counter()
+        self.stopping_step = self.config["stopping_step"]
+        return super().fit(*args, **kwargs)
 
     def _train_epoch(self, *args, **kwargs):
         start = perf_counter()
@@ -61,6 +74,10 @@ class PluginTrainerMixin:
                 and all(a >= b for a, b in zip(last, last[1:]))):
             # RecBole's early_stopping() adds one to cur_step on a non-improving score and then stops
             self.cur_step = self.stopping_step
+        budget = self.config["time_budget"]
+        if budget and perf_counter() - self.fit_started > budget:
+            self.logger.info(f"time_budget of {budget}s reached: stopping after this validation")
+            self.stopping_step = -1  # early_stopping() then stops whatever the score
         return score, result
 
 

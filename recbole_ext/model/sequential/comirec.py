@@ -54,11 +54,14 @@ class ComiRec(SequentialRecommender):
         neg = table(interaction[self.NEG_ITEM_ID])
         return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
 
+    def predict_candidates(self, interaction, candidates: torch.Tensor) -> torch.Tensor:
+        """candidates: [B, C] item ids -> [B, C] scores (fixed-negatives evaluation)."""
+        interests = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return max_interest_scores(interests, self.extractor.item_embedding(candidates))
+
     def predict(self, interaction) -> torch.Tensor:
         """[B] scores of the interaction's items."""
-        interests = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        items = self.extractor.item_embedding(interaction[self.ITEM_ID]).unsqueeze(1)  # [B, 1, d]
-        return max_interest_scores(interests, items).squeeze(1)
+        return self.predict_candidates(interaction, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         """[B, N] scores of all items."""

@@ -112,9 +112,12 @@ class TiMiRec(SequentialRecommender):
         user = self.mixture(interests, logits)
         return user @ items.T if items.dim() == 2 else (user.unsqueeze(1) * items).sum(-1)
 
+    def predict_candidates(self, interaction, candidates: torch.Tensor) -> torch.Tensor:
+        """candidates: [B, C] item ids -> [B, C] scores (fixed-negatives evaluation)."""
+        return self._scores(interaction, self.extractor.item_embedding(candidates))
+
     def predict(self, interaction) -> torch.Tensor:
-        items = self.extractor.item_embedding(interaction[self.ITEM_ID]).unsqueeze(1)
-        return self._scores(interaction, items).squeeze(1)
+        return self.predict_candidates(interaction, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         return self._scores(interaction, self.extractor.item_embedding.weight)

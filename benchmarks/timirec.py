@@ -1,0 +1,148 @@
+"""TiMiRec reproduction benchmark: ComiRec-SA, TiMiRec, TiMiRec+ and RecBole's SASRec under one protocol.
+
+Parts (``--part``):
+  grocery  Grocery_and_Gourmet_Food (ReChorus files, split and 99 fixed negatives kept), reference settings
+  ml1m     ml-1m (users 1-2,999 copy) under the 1000-fixed-negatives protocol and under RecBole full ranking
+
+Each run is a fresh subprocess (isolated RNG and peak-RSS reading) through ``recbole_ext.run``. Writes
+``docs/results/timirec.csv`` (one row per run, appended) and ``docs/results/timirec.md`` (mean ± std over seeds).
+
+    python benchmarks/timirec.py --part grocery --preset fast --seeds 0 1 2 --time_budget 900
+    python benchmarks/timirec.py --part ml1m --preset fast --max_epochs 5 --models ComiRec TiMiRec+
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+METRICS = ["hit@5", "ndcg@5", "hit@10", "ndcg@10", "hit@20", "ndcg@20"]
+
+# Reference hyper-parameters (specs/timirec.md §3.5): TiMiRec on Grocery from master's Topk_Amazon.sh,
+# ComiRec and SASRec from the CIKM22 README baselines (SASRec as RecBole's own model, CE loss).
+MODELS = {
+    "ComiRec": ("ComiRec", {"n_interests": 4, "attn_size": 8, "add_pos": 1, "learning_rate": 1e-3}),
+    "TiMiRec": ("TiMiRec", {"add_trm": 0, "learning_rate": 1e-4}),
+    "TiMiRec+": ("TiMiRec", {"add_trm": 1, "learning_rate": 1e-4}),
+    "SASRec": ("SASRec", {"n_layers": 1, "n_heads": 1, "hidden_size": 64, "inner_size": 64, "learning_rate": 1e-4,
+                          "weight_decay": 1e-6, "train_batch_size": 256, "loss_type": "CE",
+                          "train_neg_sample_args": None}),
+}
+DATASET_SETTINGS = {  # per-dataset TiMiRec settings of the reference runs
+    "grocery": {"TiMiRec": {"n_interests": 6, "temp": 1.0, "n_layers": 1}},
+    "ml-1m-half": {"TiMiRec": {"n_interests": 2, "temp": 0.5, "n_layers": 2}},
+}
+PRESETS = {"reference": {}, "fast": {"learning_rate": 1e-3}}  # fast: 10x lr (Adam), same everything else
+PARTS = {
+    "grocery": [("grocery", "rechorus", {"topk": [5, 10, 20, 50]})],
+    "ml1m": [("ml-1m-half", "rechorus", {"eval_neg_num": 1000}),
+             ("ml-1m-half", "recbole", {"metrics": ["Hit", "NDCG"], "topk": [5, 10, 20], "valid_metric": "NDCG@5",
+                                        "MAX_ITEM_LIST_LENGTH": 20, "eval_batch_size": 256,
+                                        "load_col": {"inter": ["user_id", "item_id", "timestamp"]}})],
+}
+
+
+def ensure_data(data_path: Path) -> None:
+    from recbole_ext.data.convert import convert_ml1m, convert_rechorus
+
+    if not (data_path / "grocery").is_dir():
+        convert_rechorus(SHARED / "Grocery_and_Gourmet_Food", data_path, "grocery")
+    if not (data_path / "ml-1m-half").is_dir():
+        convert_ml1m(SHARED / "ml-1m-first-half", data_path, "ml-1m-half")
+
+
+def one_run(spec: dict) -> dict:
+    """Runs in the child process: train + test one configuration, return metrics and costs."""
+    import recbole_ext
+
+    start = time.perf_counter()
+    result = recbole_ext.run(spec["model"], spec["dataset"], config_dict=spec["config"])
+    wall = time.perf_counter() - start
+    return {
+        "epochs": result["epochs"],
+        "valid_ndcg@5": float(result["best_valid_result"]["ndcg@5"]),
+        "valid_hit@5": float(result["best_valid_result"]["hit@5"]),
+        **{f"test_{k}": float(v) for k, v in result["test_result"].items() if k in METRICS},
+        "s/epoch_train": sum(result["train_seconds"]) / max(len(result["train_seconds"]), 1),
+        "s/epoch_eval": sum(result["valid_seconds"]) / max(len(result["valid_seconds"]), 1),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": wall,
+    }
+
+
+def launch(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        return {"status": f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"}
+    return {"status": "ok", **json.loads(lines[-1][len("RESULT "):])}
+
+
+def summarise(frame: pd.DataFrame, out: Path) -> str:
+    ok = frame[frame.status == "ok"]
+    cols = ["epochs", "valid_hit@5", "valid_ndcg@5"] + [f"test_{m}" for m in METRICS if f"test_{m}" in ok] + [
+        "s/epoch_train", "s/epoch_eval", "peak_rss_mb"]
+    groups = ok.groupby(["dataset", "protocol", "preset", "model"], sort=False)
+    rows = []
+    for key, g in groups:
+        cells = [f"{g[c].mean():.4f} ± {g[c].std(ddof=0):.4f}" if c.startswith(("test", "valid")) else f"{g[c].mean():.1f}"
+                 for c in cols]
+        rows.append([*key, str(len(g)), *cells])
+    header = ["dataset", "protocol", "preset", "model", "seeds", *cols]
+    table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                      + ["| " + " | ".join(r) + " |" for r in rows])
+    machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}, CPU only"
+    text = (f"# TiMiRec benchmark\n\nGenerated by `benchmarks/timirec.py` on {machine}. Test metrics at the best "
+            f"valid NDCG@5 epoch; `epochs` counts both TiMiRec stages; s/epoch averages both stages.\n\n{table}\n")
+    (out / "timirec.md").write_text(text)
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--part", choices=[*PARTS, "all"], default="grocery")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--preset", choices=list(PRESETS), default="fast")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--max_epochs", type=int, default=200, help="epochs per stage")
+    ap.add_argument("--time_budget", type=float, default=0, help="seconds per training stage (0: none)")
+    ap.add_argument("--data_path", default=str(ROOT / "dataset"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
+        return
+    data_path, out = Path(args.data_path).resolve(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_data(data_path)
+    csv = out / "timirec.csv"
+    for dataset, protocol, extra in PARTS["grocery"] + PARTS["ml1m"] if args.part == "all" else PARTS[args.part]:
+        for name in args.models:
+            model, settings = MODELS[name]
+            for seed in args.seeds:
+                config = {"data_path": str(data_path), "protocol": protocol, "seed": seed, "epochs": args.max_epochs,
+                          "show_progress": False, "state": "WARNING", "checkpoint_dir": str(Path(tempfile.gettempdir()) / "recbole_ext_bench"),
+                          **settings, **DATASET_SETTINGS[dataset].get(model, {}), **PRESETS[args.preset], **extra}
+                if args.time_budget:
+                    config["time_budget"] = args.time_budget
+                row = {"dataset": dataset, "protocol": protocol, "preset": args.preset, "model": name, "seed": seed,
+                       **launch({"model": model, "dataset": dataset, "config": config})}
+                print(json.dumps(row), flush=True)
+                pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
+    print(summarise(pd.read_csv(csv), out))
+
+
+if __name__ == "__main__":
+    main()

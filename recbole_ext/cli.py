@@ -3,6 +3,7 @@
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
     python run_recbole_ext.py --convert=ml-1m --src=PATH/ml-1m [--dataset=ml-1m] [--data_path=dataset/]
     python run_recbole_ext.py --list
+    python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --tune=space.yaml [--num_samples=N --scheduler=asha ...]
 
 Any other ``--key=value`` is a RecBole config key (highest priority, typed by RecBole's own parser).
 """
@@ -10,6 +11,7 @@ Any other ``--key=value`` is a RecBole config key (highest priority, typed by Re
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -26,6 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--convert", choices=["ml-1m", "rechorus"], help="convert raw files to atomic files and exit")
     p.add_argument("--src", help="folder with the raw files for --convert")
     p.add_argument("--data_path", default=None, help="where atomic datasets live (RecBole's data_path, default dataset/)")
+    t = p.add_argument_group("Ray Tune sweep (--tune)")
+    t.add_argument("--tune", metavar="SPACE", help="search-space file (RecBole hyper.test lines or YAML)")
+    t.add_argument("--num_samples", type=int, default=1, help="samples per grid point (default 1)")
+    t.add_argument("--scheduler", default="asha", help="asha | fifo | median (default asha)")
+    t.add_argument("--search", default="random", help="random | grid | optuna | hyperopt (default random)")
+    t.add_argument("--max_concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
+    t.add_argument("--cpus_per_trial", type=float, default=1)
+    t.add_argument("--gpus_per_trial", type=float, default=0)
+    t.add_argument("--grace_period", type=int, default=1, help="epochs before a trial may be stopped")
+    t.add_argument("--ray_address", default=None, help="connect to a running Ray cluster (e.g. auto or HOST:6379)")
+    t.add_argument("--storage_path", default="ray_results", help="where sweep folders go (default ray_results/)")
     return p
 
 
@@ -39,6 +52,25 @@ def _list(data_path: str) -> None:
     print("protocols     :", ", ".join(registry.protocols()))
     print(f"datasets      : ml-100k (bundled with RecBole){''.join(', ' + d for d in local)} "
           f"[in {data_path}/]; RecBole downloads other known names on first use")
+
+
+def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None) -> int:
+    from recbole_ext.tune import print_summary, run_sweep
+
+    fixed = {}  # the sweep's fixed settings: the --key=value flags, typed like RecBole types them (Python literals)
+    for arg in sys.argv[1:]:
+        key, _, value = arg[2:].partition("=")
+        try:
+            fixed[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            fixed[key] = value
+    result = run_sweep(args.model, dataset, args.tune, config_file_list=files, config_dict=fixed,
+                       num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
+                       max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                       gpus_per_trial=args.gpus_per_trial, grace_period=args.grace_period,
+                       ray_address=args.ray_address, storage_path=args.storage_path)
+    print_summary(result)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         # RecBole's Config parses --key=value from sys.argv itself (typed, top priority): leave only those.
         sys.argv = [sys.argv[0], *rest, *([f"--data_path={args.data_path}"] if args.data_path else [])]
         files = args.config_files.split() if args.config_files else None
-        result = recbole_ext.run(args.model, args.dataset or DEFAULT_DATASET, config_file_list=files)
+        dataset = args.dataset or DEFAULT_DATASET
+        if args.tune:
+            return _sweep(args, dataset, files)
+        result = recbole_ext.run(args.model, dataset, config_file_list=files)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2

@@ -43,8 +43,8 @@ def build_config(model: str, dataset: str, config_file_list: list[str] | None = 
 
 
 def run(model: str, dataset: str, config_file_list: list[str] | None = None, config_dict: dict | None = None,
-        saved: bool = True, callback_fn: Callable[[int, float], None] | None = None) -> dict:
-    """Train with validation-based model selection, then test the best checkpoint.
+        saved: bool = True, callback_fn: Callable[[int, float], None] | None = None, test: bool = True) -> dict:
+    """Train with validation-based model selection, then (``test=True``) test the best checkpoint.
 
     ``callback_fn(epoch, valid_score)`` runs after every validation (Ray Tune reports through it).
     Returns RecBole's result dict plus ``checkpoint``, ``epochs``, ``train_seconds``/``valid_seconds`` per
@@ -64,7 +64,8 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     trainer = resolve_trainer(config)(config, net)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn)
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) \
+        if test else None
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
     return {

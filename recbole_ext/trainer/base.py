@@ -27,6 +27,11 @@ class PluginTrainerMixin:
         self.train_seconds: list[float] = []  # per epoch, for benchmarks and sweeps
         self.valid_seconds: list[float] = []
 
+    @staticmethod
+    def max_epochs(config) -> int:
+        """Most epochs ``fit`` can run (a sweep scheduler's horizon)."""
+        return config["epochs"]
+
     def _build_optimizer(self, **kwargs):
         if self.config["no_bias_decay"] and "params" not in kwargs:
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

@@ -27,6 +27,10 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
         self.stage_epochs: dict[str, int] = {}
         self.pretrain_file: str | None = None
 
+    @staticmethod
+    def max_epochs(config) -> int:
+        return config["epochs"] * (2 if config["stage"] == "both" else 1)
+
     def load_extractor(self, path: str | None) -> None:
         """Copy ``extractor.*`` from a TiMiRec checkpoint into the model (partial load, nothing frozen)."""
         if not path or not os.path.isfile(path):

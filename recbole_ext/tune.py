@@ -1,0 +1,276 @@
+"""Ray Tune sweeps over any RecBole or plugin model, on Ray's current ``Tuner`` API.
+
+Each trial is one ``recbole_ext.run`` (RecBole's trainer, unchanged) that reports the **validation** metric named by
+``valid_metric`` after every epoch through ``Trainer.fit(callback_fn=...)``, so ASHA or the median rule can stop
+bad trials early. Only the best trial is tested, at the end, from its best checkpoint. Workers get the compat
+shims and the registry through ``worker_process_setup_hook``; each trial works in its own directory (RecBole's
+log/, log_tensorboard/ and checkpoints land there); a failing trial is recorded and the sweep goes on.
+
+Search-space files: RecBole's ``hyper.test`` lines (``learning_rate loguniform -9 -5`` with natural-log bounds as
+in RecBole, ``n_interests choice [2,4,6]``, ``dropout uniform 0 0.5``, ``x quniform 1 10 1``, ``n randint 1 5``)
+or a YAML mapping (``learning_rate: {loguniform: [1e-4, 1e-2]}``, values not logs).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+DISTRIBUTIONS = ("choice", "uniform", "quniform", "loguniform", "randint")
+SCHEDULERS = ("asha", "fifo", "median")
+SEARCHES = ("random", "grid", "optuna", "hyperopt")
+
+
+class SearchSpaceError(ValueError):
+    """A line of a search-space file cannot be used."""
+
+
+def _domain(kind: str, args: list, grid: bool, where: str):
+    from ray import tune
+
+    try:
+        if kind == "choice":
+            values = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+            if not values:
+                raise SearchSpaceError(f"{where}: choice needs at least one value")
+            return tune.grid_search(values) if grid else tune.choice(values)
+        if grid:
+            raise SearchSpaceError(f"{where}: search=grid needs 'choice' lines, not {kind!r}")
+        low, high, *rest = (float(a) for a in args)
+        if kind == "uniform":
+            return tune.uniform(low, high)
+        if kind == "quniform":
+            return tune.quniform(low, high, rest[0])
+        if kind == "loguniform":
+            return tune.loguniform(low, high)
+        return tune.randint(int(low), int(high))
+    except (ValueError, TypeError, IndexError) as exc:
+        if isinstance(exc, SearchSpaceError):
+            raise
+        raise SearchSpaceError(f"{where}: bad arguments {args!r} for {kind} ({exc})") from None
+
+
+def parse_space(path: str | Path, grid: bool = False) -> dict:
+    """Read a ``hyper.test``-style or YAML search space into Ray Tune domains; errors name the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SearchSpaceError(f"search space {path} does not exist")
+    text = path.read_text()
+    space = {}
+    if path.suffix in (".yaml", ".yml"):
+        entries = yaml.safe_load(text) or {}
+        lines = {key: i + 1 for i, line in enumerate(text.splitlines()) for key in entries if line.startswith(f"{key}:")}
+        for key, spec in entries.items():
+            where = f"{path} line {lines.get(key, '?')} ({key})"
+            if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+                raise SearchSpaceError(f"{where}: expected {{distribution: [args]}} with one of {DISTRIBUTIONS}")
+            kind, args = next(iter(spec.items()))
+            space[key] = _domain(kind, args if isinstance(args, list) else [args], grid, where)
+        return space
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path} line {number}"
+        parts = line.split(maxsplit=2)
+        if len(parts) < 3 or parts[1] not in DISTRIBUTIONS:
+            raise SearchSpaceError(f"{where}: expected 'name distribution args' with one of {DISTRIBUTIONS}: {line!r}")
+        name, kind, rest = parts
+        if kind == "choice":
+            try:
+                args = [ast.literal_eval(rest)]
+            except (ValueError, SyntaxError):
+                args = None
+            if not args or not isinstance(args[0], list):
+                raise SearchSpaceError(f"{where}: choice needs a Python list, e.g. [1e-3, 1e-2]: {line!r}")
+        else:
+            args = rest.split()
+        if kind == "loguniform":  # RecBole's hyper.test gives natural-log bounds
+            args = [math.exp(float(a)) for a in args]
+        space[name] = _domain(kind, args, grid, where)
+    return space
+
+
+def _trial(params: dict, fixed: dict) -> None:
+    """One trial, in a Ray worker: train with per-epoch valid reports; no test evaluation here."""
+    from ray import tune
+
+    from recbole_ext import compat
+
+    compat.setup_worker()
+    import recbole_ext
+
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the CWD
+    config = {**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}
+    result = recbole_ext.run(fixed["model"], fixed["dataset"], config_file_list=fixed["config_files"],
+                             config_dict=config, test=False,
+                             callback_fn=lambda epoch, score: tune.report({"epoch": epoch, "valid_score": float(score)}))
+    # marks a trial that ended on its own (a scheduler-stopped one never gets here); not an epoch
+    tune.report({"epoch": -1, "valid_score": float(result["best_valid_score"]), "finished": 1})
+
+
+@dataclass
+class SweepResult:
+    table: pd.DataFrame
+    best_params: dict
+    best_config_file: Path
+    test_result: dict | None
+    plot: Path
+    directory: Path
+
+
+def _scheduler(name: str, max_epochs: int, grace_period: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    if name == "asha":
+        return ASHAScheduler(max_t=max_epochs, grace_period=grace_period, reduction_factor=2)
+    if name == "median":
+        return MedianStoppingRule(grace_period=grace_period, min_samples_required=2)
+    return FIFOScheduler()
+
+
+def _searcher(name: str, max_concurrent: int | None):
+    if name in ("random", "grid"):
+        return None
+    from ray.tune.search import ConcurrencyLimiter
+
+    try:
+        if name == "optuna":
+            from ray.tune.search.optuna import OptunaSearch as Searcher
+        else:
+            from ray.tune.search.hyperopt import HyperOptSearch as Searcher
+        searcher = Searcher()
+    except (ImportError, AssertionError) as exc:
+        raise ValueError(f"search: {name!r} needs its library: pip install {name} ({exc})") from None
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
+
+
+def _plot(curves: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, frame in curves.items():
+        ax.plot(frame["training_iteration"], frame["valid_score"], marker="o", ms=3, label=name)
+    ax.set_xlabel("epoch (training_iteration)")
+    ax.set_ylabel(f"valid {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file_list: list[str] | None = None,
+              config_dict: dict | None = None, num_samples: int = 1, scheduler: str = "asha",
+              search: str = "random", max_concurrent: int | None = None, cpus_per_trial: float = 1,
+              gpus_per_trial: float = 0, grace_period: int = 1, ray_address: str | None = None,
+              storage_path: str | Path = "ray_results", name: str | None = None, test: bool = True) -> SweepResult:
+    """Run a sweep; write ``trials.csv``/``trials.md``, ``best.yaml`` and ``valid_curves.png`` to the sweep folder."""
+    import ray
+    from ray import tune
+
+    from recbole_ext import compat
+    from recbole_ext.quick_start import build_config, evaluate_checkpoint
+    from recbole_ext.trainer.base import resolve_trainer
+
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler: {scheduler!r} is not one of {SCHEDULERS}")
+    if search not in SEARCHES:
+        raise ValueError(f"search: {search!r} is not one of {SEARCHES}")
+    compat.sanitize_argv()
+    param_space = space if isinstance(space, dict) else parse_space(space, grid=search == "grid")
+    config_dict = dict(config_dict or {})
+    base = build_config(model, dataset, config_file_list, config_dict)  # validates model, files and values up front
+    if base["data_path"]:
+        config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())  # workers have another CWD
+    metric, bigger = base["valid_metric"], base["valid_metric_bigger"]
+    max_epochs = resolve_trainer(base).max_epochs(base)
+    name = name or f"{model}-{dataset}"
+    storage = Path(storage_path).resolve()
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": "recbole_ext.compat.setup_worker"})
+    fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict}
+    trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed),
+                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(metric="valid_score", mode="max" if bigger else "min",
+                                    scheduler=_scheduler(scheduler, max_epochs, grace_period),
+                                    search_alg=_searcher(search, max_concurrent), num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent if search in ("random", "grid") else None),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1,
+                                  failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+
+    rows, curves = [], {}
+    for i, result in enumerate(grid):
+        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        finished = "finished" in history and bool((history["finished"] == 1).any())
+        if "epoch" in history:
+            history = history[history["epoch"] >= 0]
+        params = {k: _plain(v) for k, v in (result.config or {}).items()}
+        if "valid_score" in history and len(history):
+            curves[", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())] = history
+        best = (history["valid_score"].max() if bigger else history["valid_score"].min()) \
+            if "valid_score" in history and len(history) else None
+        # a trial ends on its own (early stopping: the "finished" report) or at the horizon, where ASHA stops it
+        status = "error" if result.error else ("completed" if finished or len(history) >= max_epochs else "stopped early")
+        rows.append({"trial": Path(result.path).name if result.path else f"trial_{i}", **params,
+                     f"best_valid_{metric}": best, "epochs": len(history),
+                     "time_s": round(float(history["time_total_s"].iloc[-1]), 1) if "time_total_s" in history else None,
+                     "status": status, "error": str(result.error).strip().splitlines()[-1] if result.error else "",
+                     "path": result.path})
+    table = pd.DataFrame(rows)
+    folder = storage / name
+    table.drop(columns=["path"]).to_csv(folder / "trials.csv", index=False)
+    (folder / "trials.md").write_text(table.drop(columns=["path"]).to_markdown(index=False))
+    _plot(curves, metric, folder / "valid_curves.png")
+
+    ok = table[table.status != "error"].dropna(subset=[f"best_valid_{metric}"])
+    if ok.empty:
+        raise RuntimeError(f"every trial failed; see {folder / 'trials.csv'}")
+    best_row = ok.sort_values(f"best_valid_{metric}", ascending=not bigger).iloc[0]
+    best_params = {k: _plain(best_row[k]) for k in param_space}
+    best_file = folder / "best.yaml"
+    best_file.write_text(f"# python run_recbole_ext.py --model={model} --dataset={dataset} --config_files={best_file}\n"
+                         + yaml.safe_dump({**config_dict, **best_params}, sort_keys=True))
+    test_result = None
+    if test:
+        checkpoint = _best_checkpoint(Path(best_row["path"]) / "saved")
+        test_result = {k: float(v) for k, v in evaluate_checkpoint(str(checkpoint)).items()}
+    return SweepResult(table.drop(columns=["path"]), best_params, best_file, test_result, folder / "valid_curves.png",
+                       folder)
+
+
+def _plain(value):
+    """numpy scalars -> Python values, for YAML."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _best_checkpoint(folder: Path) -> Path:
+    """The trial's best checkpoint: the final one, or TiMiRec's pretrain one if the trial stopped in stage 1."""
+    files = sorted(folder.glob("*.pth"), key=lambda p: p.name.endswith("-pretrain.pth"))
+    if not files:
+        raise FileNotFoundError(f"no checkpoint in {folder}")
+    return files[0]
+
+
+def print_summary(result: SweepResult, out=sys.stdout) -> None:
+    print(result.table.to_string(index=False), file=out)
+    print(f"\nbest params: {result.best_params}\nbest config: {result.best_config_file}"
+          f"\nvalid curves: {result.plot}", file=out)
+    if result.test_result:
+        print("best trial test:", "  ".join(f"{k} {v:.4f}" for k, v in result.test_result.items()), file=out)

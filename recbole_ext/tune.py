@@ -200,8 +200,11 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
     storage = Path(storage_path).resolve()
 
     if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"worker_process_setup_hook": "recbole_ext.compat.setup_worker"})
+        runtime_env = {"worker_process_setup_hook": "recbole_ext.compat.setup_worker"}
+        if ray_address:  # an existing cluster: its nodes need recbole_ext installed and the data at data_path
+            ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict}
     trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})

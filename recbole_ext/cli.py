@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("Ray Tune sweep (--tune)")
     t.add_argument("--tune", metavar="SPACE", help="search-space file (RecBole hyper.test lines or YAML)")
     t.add_argument("--num_samples", type=int, default=1, help="samples per grid point (default 1)")
-    t.add_argument("--scheduler", default="asha", help="asha | fifo | median (default asha)")
+    t.add_argument("--scheduler", default="asha", help="asha | median | pbt | fifo (default asha)")
     t.add_argument("--search", default="random", help="random | grid | optuna | hyperopt (default random)")
     t.add_argument("--max_concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     t.add_argument("--cpus_per_trial", type=float, default=1)

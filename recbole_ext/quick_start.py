@@ -43,10 +43,12 @@ def build_config(model: str, dataset: str, config_file_list: list[str] | None = 
 
 
 def run(model: str, dataset: str, config_file_list: list[str] | None = None, config_dict: dict | None = None,
-        saved: bool = True, callback_fn: Callable[[int, float], None] | None = None, test: bool = True) -> dict:
+        saved: bool = True, callback_fn: Callable[[int, float], None] | None = None, test: bool = True,
+        on_trainer: Callable[[object], None] | None = None) -> dict:
     """Train with validation-based model selection, then (``test=True``) test the best checkpoint.
 
-    ``callback_fn(epoch, valid_score)`` runs after every validation (Ray Tune reports through it).
+    ``callback_fn(epoch, valid_score)`` runs after every validation (Ray Tune reports through it);
+    ``on_trainer(trainer)`` runs once before training (a sweep resumes or checkpoints through it).
     Returns RecBole's result dict plus ``checkpoint``, ``epochs``, ``train_seconds``/``valid_seconds`` per
     epoch and ``valid_scores`` (the valid curve).
     """
@@ -62,6 +64,8 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     logger.info(net)
     trainer = resolve_trainer(config)(config, net)
+    if on_trainer is not None:
+        on_trainer(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) \

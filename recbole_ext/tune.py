@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 DISTRIBUTIONS = ("choice", "uniform", "quniform", "loguniform", "randint")
-SCHEDULERS = ("asha", "fifo", "median")
+SCHEDULERS = ("asha", "fifo", "median", "pbt")
 SEARCHES = ("random", "grid", "optuna", "hyperopt")
 
 
@@ -98,7 +98,12 @@ def parse_space(path: str | Path, grid: bool = False) -> dict:
 
 
 def _trial(params: dict, fixed: dict) -> None:
-    """One trial, in a Ray worker: train with per-epoch valid reports; no test evaluation here."""
+    """One trial, in a Ray worker: train with per-epoch valid reports; no test evaluation here.
+
+    Under PBT every report carries the trainer state as a Tune checkpoint, and a trial that Tune restarts from
+    another trial's checkpoint (exploit) resumes it with its own, perturbed hyper-parameters (explore)."""
+    import tempfile
+
     from ray import tune
 
     from recbole_ext import compat
@@ -110,9 +115,31 @@ def _trial(params: dict, fixed: dict) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the CWD
     config = {**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}
+    trainers = []
+
+    def attach(trainer) -> None:
+        trainers.append(trainer)
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return
+        best_file = trainer.saved_model_file
+        with checkpoint.as_directory() as folder:
+            trainer.resume_checkpoint(os.path.join(folder, "trainer.pth"))
+        trainer.saved_model_file = best_file  # keep saving the best model in this trial's folder
+        for group in trainer.optimizer.param_groups:  # the restored optimizer state carries the old value
+            group["lr"] = trainer.config["learning_rate"]
+
+    def report(epoch: int, score: float) -> None:
+        metrics = {"epoch": epoch, "valid_score": float(score)}
+        if not fixed["checkpoint_every_epoch"]:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            trainers[0]._save_checkpoint(epoch, verbose=False, saved_model_file=os.path.join(folder, "trainer.pth"))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
     result = recbole_ext.run(fixed["model"], fixed["dataset"], config_file_list=fixed["config_files"],
-                             config_dict=config, test=False,
-                             callback_fn=lambda epoch, score: tune.report({"epoch": epoch, "valid_score": float(score)}))
+                             config_dict=config, test=False, callback_fn=report, on_trainer=attach)
     # marks a trial that ended on its own (a scheduler-stopped one never gets here); not an epoch
     tune.report({"epoch": -1, "valid_score": float(result["best_valid_score"]), "finished": 1})
 
@@ -127,13 +154,16 @@ class SweepResult:
     directory: Path
 
 
-def _scheduler(name: str, max_epochs: int, grace_period: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+def _scheduler(name: str, max_epochs: int, grace_period: int, space: dict):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
 
     if name == "asha":
         return ASHAScheduler(max_t=max_epochs, grace_period=grace_period, reduction_factor=2)
     if name == "median":
         return MedianStoppingRule(grace_period=grace_period, min_samples_required=2)
+    if name == "pbt":  # mutate only what can change mid-training: not shapes (sizes, interests, layers)
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=max(grace_period, 1),
+                                       hyperparam_mutations=space)
     return FIFOScheduler()
 
 
@@ -205,13 +235,17 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
             ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
         else:
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
-    fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict}
+    if scheduler == "pbt" and max_epochs != base["epochs"]:
+        raise ValueError(f"scheduler: 'pbt' resumes trials mid-run, which {model}'s multi-stage training does not "
+                         "support; run one stage (e.g. stage=pretrain or stage=finetune) or use asha")
+    fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,
+             "checkpoint_every_epoch": scheduler == "pbt"}
     trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric="valid_score", mode="max" if bigger else "min",
-                                    scheduler=_scheduler(scheduler, max_epochs, grace_period),
+                                    scheduler=_scheduler(scheduler, max_epochs, grace_period, param_space),
                                     search_alg=_searcher(search, max_concurrent), num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent if search in ("random", "grid") else None),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1,

@@ -79,3 +79,21 @@ def test_asha_sweep_stops_a_bad_trial_survives_a_failing_one_and_reproduces(tmp_
     rerun = run("ComiRec", "walk", config_file_list=[str(result.best_config_file)], test=False,
                 config_dict={"checkpoint_dir": str(tmp_path / "rerun")})
     assert rerun["best_valid_score"] == pytest.approx(table.loc[0.05, "best_valid_NDCG@5"])
+
+
+@pytest.mark.slow
+def test_pbt_exploits_by_resuming_another_trials_checkpoint(tmp_path, learnable):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {loguniform: [0.0001, 0.1]}\n")
+    result = run_sweep("ComiRec", "walk", space, config_dict={**learnable, "state": "INFO", "epochs": 6},
+                       scheduler="pbt", num_samples=2, grace_period=2, storage_path=tmp_path / "ray", name="pbt")
+    assert set(result.table.status) <= {"completed", "stopped early"}
+    logs = "".join(p.read_text() for p in result.directory.glob("*/log/ComiRec/*.log"))
+    assert "Resume training" in logs  # RecBole's resume_checkpoint ran inside an exploited trial
+
+
+def test_pbt_refuses_multi_stage_training(tmp_path, learnable):
+    space = tmp_path / "space.yaml"
+    space.write_text("learning_rate: {loguniform: [0.0001, 0.1]}\n")
+    with pytest.raises(ValueError, match="scheduler: 'pbt' resumes trials mid-run"):
+        run_sweep("TiMiRec", "walk", space, config_dict=learnable, scheduler="pbt", storage_path=tmp_path / "ray")

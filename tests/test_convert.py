@@ -101,3 +101,12 @@ def test_grocery_conversion_matches_reference_counts(tmp_path):
     out = convert_rechorus(src, tmp_path, "grocery")
     inter = pd.read_csv(out / "grocery.inter", sep="\t")
     assert len(inter) == 121_892 + 2 * 14_681 and inter["user_id:token"].nunique() == 14_681
+    # RecBole's leave-one-out split must give back ReChorus's dev/test targets, row for row (checked inside)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+
+    config = Config(model="ComiRec", dataset="grocery", config_dict={
+        "data_path": str(tmp_path), "protocol": "rechorus", "state": "ERROR", "checkpoint_dir": str(tmp_path / "s")})
+    train, valid, test = data_preparation(config, create_dataset(config))
+    assert len(train.dataset) == 107_211  # ReChorus's training instances (rows with a non-empty history)
+    assert tuple(valid._sampler.negatives.shape) == tuple(test._sampler.negatives.shape) == (14_681, 99)

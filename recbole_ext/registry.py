@@ -176,7 +176,3 @@ def check_model(name: str) -> None:
         f"RecBole models: {', '.join(builtin_models())}"
     )
 
-
-def model_yaml(name: str) -> Path | None:
-    return _YAMLS.get(name)
-

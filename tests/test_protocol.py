@@ -16,10 +16,11 @@ def test_pessimistic_rank_counts_ties_against_target():
     assert pessimistic_rank(scores).tolist() == [3, 4, 1]
 
 
-def test_rank_scores_put_target_at_its_rank_under_topk():
-    scores = torch.tensor([[0.5, 0.1, 0.9, 0.5], [1.0, 1.0, 1.0, 1.0], [2.0, 0.0, 1.0, -1.0]])
-    top = torch.topk(rank_scores(scores), 4, dim=1).indices
-    assert (top == 0).nonzero()[:, 1].add(1).tolist() == [3, 4, 1]
+def test_rank_scores_put_target_at_its_pessimistic_rank_under_topk():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 4, (200, 9)).float()  # many ties
+    top = torch.topk(rank_scores(scores), 9, dim=1).indices
+    assert torch.equal((top == 0).nonzero()[:, 1] + 1, pessimistic_rank(scores))
 
 
 def test_recbole_metrics_on_ranks_match_hand_values():

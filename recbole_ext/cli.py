@@ -50,8 +50,12 @@ def _list(data_path: str) -> None:
     print("plugin models :", ", ".join(sorted(registry.MODELS)))
     print("RecBole models:", ", ".join(registry.builtin_models()))
     print("protocols     :", ", ".join(registry.protocols()))
-    print(f"datasets      : ml-100k (bundled with RecBole){''.join(', ' + d for d in local)} "
-          f"[in {data_path}/]; RecBole downloads other known names on first use")
+    import recbole
+    import yaml
+
+    known = yaml.safe_load((Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml").read_text())
+    print(f"datasets      : ml-100k (bundled with RecBole); in {data_path}/: {', '.join(local) or 'none'}")
+    print(f"downloadable  : {', '.join(sorted(known))} (RecBole fetches them on first use)")
 
 
 def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None) -> int:

@@ -133,14 +133,18 @@ def main() -> None:
     ap.add_argument("--time_budget", type=float, default=0, help="seconds per training stage (0: none)")
     ap.add_argument("--data_path", default=str(ROOT / "dataset"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
+    ap.add_argument("--summarise_only", action="store_true", help="rebuild timirec.md from timirec.csv")
     args = ap.parse_args()
     if args.one:
         print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
         return
     data_path, out = Path(args.data_path).resolve(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_data(data_path)
     csv = out / "timirec.csv"
+    if args.summarise_only:
+        print(summarise(pd.read_csv(csv), out))
+        return
+    ensure_data(data_path)
     for dataset, protocol, extra in PARTS["grocery"] + PARTS["ml1m"] if args.part == "all" else PARTS[args.part]:
         for name in args.models:
             model, settings = MODELS[name]

@@ -81,6 +81,12 @@ def one_run(spec: dict) -> dict:
     start = time.perf_counter()
     result = recbole_ext.run(spec["model"], spec["dataset"], config_dict=spec["config"])
     wall = time.perf_counter() - start
+    cfg = spec["config"]
+    curve = ROOT / "docs" / "results" / "curves" / (
+        f"{spec['dataset']}_{cfg['protocol']}_{spec['model']}_trm{cfg.get('add_trm', '-')}_lr{cfg['learning_rate']}"
+        f"_seed{cfg['seed']}.json")
+    curve.parent.mkdir(parents=True, exist_ok=True)
+    curve.write_text(json.dumps({"valid_ndcg@5": result["valid_scores"], "stage_epochs": result.get("stage_epochs")}))
     return {
         "epochs": result["epochs"],
         "valid_ndcg@5": float(result["best_valid_result"]["ndcg@5"]),

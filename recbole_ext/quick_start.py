@@ -50,7 +50,7 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     ``callback_fn(epoch, valid_score)`` runs after every validation (Ray Tune reports through it);
     ``on_trainer(trainer)`` runs once before training (a sweep resumes or checkpoints through it).
     Returns RecBole's result dict plus ``checkpoint``, ``epochs``, ``train_seconds``/``valid_seconds`` per
-    epoch and ``valid_scores`` (the valid curve).
+    epoch and ``valid_scores`` (the valid curve, all stages).
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -81,7 +81,8 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
         "epochs": len(trainer.train_seconds),
         "train_seconds": trainer.train_seconds,
         "valid_seconds": trainer.valid_seconds,
-        "valid_scores": trainer.valid_scores,
+        "valid_scores": trainer.valid_curve,
+        "stage_epochs": trainer.stage_epochs,
     }
 
 

@@ -26,6 +26,12 @@ class PluginTrainerMixin:
         self.valid_scores: list[float] = []
         self.train_seconds: list[float] = []  # per epoch, for benchmarks and sweeps
         self.valid_seconds: list[float] = []
+        self.stage_epochs: dict[str, int] = {}  # epochs per stage, for multi-stage trainers
+
+    @property
+    def valid_curve(self) -> list[float]:
+        """Valid score of every evaluation in order (all stages)."""
+        return self.valid_scores
 
     @staticmethod
     def max_epochs(config) -> int:

@@ -24,8 +24,12 @@ MATCHING_KEYS = ("model", "dataset", "n_interests", "embedding_size", "attn_size
 class TiMiRecTrainer(PluginTrainerMixin, Trainer):
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.stage_epochs: dict[str, int] = {}
         self.pretrain_file: str | None = None
+        self.pretrain_valid_scores: list[float] = []
+
+    @property
+    def valid_curve(self) -> list[float]:
+        return self.pretrain_valid_scores + self.valid_scores
 
     @staticmethod
     def max_epochs(config) -> int:
@@ -53,7 +57,7 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
         self.start_epoch, self.cur_step = 0, 0
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.best_valid_result = None
-        self.valid_scores = []
+        self.pretrain_valid_scores, self.valid_scores = self.valid_scores, []
         self.saved_model_file = saved_model_file
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):

@@ -96,3 +96,10 @@ def test_finetune_refuses_missing_or_mismatched_extractor(tiny):
 def test_bad_stage_value_names_the_key(tiny):
     with pytest.raises(ValueError, match="stage: 'warmup' is not valid for TiMiRec"):
         run("TiMiRec", "tiny", config_dict={**tiny, "stage": "warmup"})
+
+
+def test_both_stages_report_one_curve_and_epochs_per_stage(tiny):
+    result = run("TiMiRec", "tiny", config_dict={**tiny, "epochs": 2})
+    assert result["stage_epochs"] == {"pretrain": 2, "finetune": 2}
+    assert len(result["valid_scores"]) == 4 == result["epochs"]
+    assert result["checkpoint"].endswith(".pth") and not result["checkpoint"].endswith("-pretrain.pth")

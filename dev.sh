@@ -30,7 +30,7 @@ cmd=${1:-run}; shift || true
 case "$cmd" in
   setup) setup ;;
   run)   setup
-         # main job: lr 1e-3 and patience 5 instead of the reference 1e-4 / 20, so it ends in minutes on a CPU
+         # main job: lr 1e-3 and stopping_step 5 instead of the reference 1e-4 / 19, so it ends in minutes on a CPU
          [ $# -gt 0 ] || set -- --model=TiMiRec --dataset=ml-100k --protocol=rechorus --learning_rate=0.001 --stopping_step=5
          exec "$VENV/bin/python" run_recbole_ext.py "$@" ;;
   test)  setup

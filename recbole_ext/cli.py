@@ -61,13 +61,16 @@ def _list(data_path: str) -> None:
 def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None) -> int:
     from recbole_ext.tune import print_summary, run_sweep
 
-    fixed = {}  # the sweep's fixed settings: the --key=value flags, typed like RecBole types them (Python literals)
+    fixed = {}  # the sweep's fixed settings: the --key=value flags, typed as RecBole's command line types them
     for arg in sys.argv[1:]:
+        if not arg.startswith("--") or arg.count("=") < 1:
+            print(f"warning: {arg!r} is not --key=value; ignored", file=sys.stderr)
+            continue
         key, _, value = arg[2:].partition("=")
         try:
             fixed[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            fixed[key] = value
+            fixed[key] = {"true": True, "false": False}.get(value.lower(), value)
     result = run_sweep(args.model, dataset, args.tune, config_file_list=files, config_dict=fixed,
                        num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
                        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,

@@ -6,9 +6,9 @@ bad trials early. Only the best trial is tested, at the end, from its best check
 shims and the registry through ``worker_process_setup_hook``; each trial works in its own directory (RecBole's
 log/, log_tensorboard/ and checkpoints land there); a failing trial is recorded and the sweep goes on.
 
-Search-space files: RecBole's ``hyper.test`` lines (``learning_rate loguniform -9 -5`` with natural-log bounds as
-in RecBole, ``n_interests choice [2,4,6]``, ``dropout uniform 0 0.5``, ``x quniform 1 10 1``, ``n randint 1 5``)
-or a YAML mapping (``learning_rate: {loguniform: [1e-4, 1e-2]}``, values not logs).
+Search-space files: RecBole's ``hyper.test`` lines (``learning_rate loguniform -9,-5`` with natural-log bounds as
+in RecBole, ``n_interests choice [2,4,6]``, ``dropout uniform 0,0.5``, ``x quniform 1,10,1``, ``n randint 1,5``;
+spaces instead of commas work too) or a YAML mapping (``learning_rate: {loguniform: [1e-4, 1e-2]}``, plain values).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import yaml
 DISTRIBUTIONS = ("choice", "uniform", "quniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo", "median", "pbt")
 SEARCHES = ("random", "grid", "optuna", "hyperopt")
+BEST_FILE = "best.pth"
 
 
 class SearchSpaceError(ValueError):
@@ -90,9 +91,12 @@ def parse_space(path: str | Path, grid: bool = False) -> dict:
             if not args or not isinstance(args[0], list):
                 raise SearchSpaceError(f"{where}: choice needs a Python list, e.g. [1e-3, 1e-2]: {line!r}")
         else:
-            args = rest.split()
-        if kind == "loguniform":  # RecBole's hyper.test gives natural-log bounds
-            args = [math.exp(float(a)) for a in args]
+            args = rest.replace(",", " ").split()  # RecBole writes "-8,0"; spaces are accepted too
+            if kind == "loguniform":  # RecBole's hyper.test gives natural-log bounds
+                try:
+                    args = [math.exp(float(a)) for a in args]
+                except ValueError:
+                    raise SearchSpaceError(f"{where}: bad arguments {args!r} for loguniform") from None
         space[name] = _domain(kind, args, grid, where)
     return space
 
@@ -119,15 +123,18 @@ def _trial(params: dict, fixed: dict) -> None:
 
     def attach(trainer) -> None:
         trainers.append(trainer)
+        trainer.saved_model_file = str(trial_dir / "saved" / BEST_FILE)  # one name, also across PBT restarts
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return
-        best_file = trainer.saved_model_file
         with checkpoint.as_directory() as folder:
             trainer.resume_checkpoint(os.path.join(folder, "trainer.pth"))
-        trainer.saved_model_file = best_file  # keep saving the best model in this trial's folder
-        for group in trainer.optimizer.param_groups:  # the restored optimizer state carries the old value
+        trainer.saved_model_file = str(trial_dir / "saved" / BEST_FILE)
+        for group in trainer.optimizer.param_groups:  # the restored optimizer state carries the donor's values
             group["lr"] = trainer.config["learning_rate"]
+            if group["weight_decay"]:
+                group["weight_decay"] = trainer.config["weight_decay"]
+        trainer._save_checkpoint(trainer.start_epoch - 1, verbose=False)  # the inherited best, in this folder
 
     def report(epoch: int, score: float) -> None:
         metrics = {"epoch": epoch, "valid_score": float(score)}
@@ -156,14 +163,18 @@ class SweepResult:
 
 def _scheduler(name: str, max_epochs: int, grace_period: int, space: dict):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, PopulationBasedTraining
+    from ray.tune.search.sample import Float
 
     if name == "asha":
         return ASHAScheduler(max_t=max_epochs, grace_period=grace_period, reduction_factor=2)
     if name == "median":
-        return MedianStoppingRule(grace_period=grace_period, min_samples_required=2)
-    if name == "pbt":  # mutate only what can change mid-training: not shapes (sizes, interests, layers)
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=grace_period, min_samples_required=2)
+    if name == "pbt":  # mutate only continuous values (lr, decay, τ): sizes and counts would change tensor shapes
+        mutations = {k: v for k, v in space.items() if isinstance(v, Float)}
+        if not mutations:
+            raise ValueError("scheduler: 'pbt' needs at least one uniform/loguniform entry in the search space")
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=max(grace_period, 1),
-                                       hyperparam_mutations=space)
+                                       hyperparam_mutations=mutations)
     return FIFOScheduler()
 
 
@@ -222,22 +233,26 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
     param_space = space if isinstance(space, dict) else parse_space(space, grid=search == "grid")
     config_dict = dict(config_dict or {})
     base = build_config(model, dataset, config_file_list, config_dict)  # validates model, files and values up front
+    # trials run in their own folders: make every path absolute
     if base["data_path"]:
-        config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())  # workers have another CWD
+        config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())
+    config_file_list = [str(Path(f).resolve()) for f in config_file_list or []] or None
+    if config_dict.get("pretrain_path"):
+        config_dict["pretrain_path"] = str(Path(config_dict["pretrain_path"]).resolve())
     metric, bigger = base["valid_metric"], base["valid_metric_bigger"]
     max_epochs = resolve_trainer(base).max_epochs(base)
     name = name or f"{model}-{dataset}"
     storage = Path(storage_path).resolve()
 
+    if scheduler == "pbt" and max_epochs != base["epochs"]:
+        raise ValueError(f"scheduler: 'pbt' resumes trials mid-run, which {model}'s multi-stage training does not "
+                         "support; run one stage (e.g. stage=pretrain or stage=finetune) or use asha")
     if not ray.is_initialized():
         runtime_env = {"worker_process_setup_hook": "recbole_ext.compat.setup_worker"}
         if ray_address:  # an existing cluster: its nodes need recbole_ext installed and the data at data_path
             ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
         else:
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
-    if scheduler == "pbt" and max_epochs != base["epochs"]:
-        raise ValueError(f"scheduler: 'pbt' resumes trials mid-run, which {model}'s multi-stage training does not "
-                         "support; run one stage (e.g. stage=pretrain or stage=finetune) or use asha")
     fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,
              "checkpoint_every_epoch": scheduler == "pbt"}
     trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed),
@@ -260,7 +275,8 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
             history = history[history["epoch"] >= 0]
         params = {k: _plain(v) for k, v in (result.config or {}).items()}
         if "valid_score" in history and len(history):
-            curves[", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())] = history
+            label = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            curves[f"#{i} {label}"] = history
         best = (history["valid_score"].max() if bigger else history["valid_score"].min()) \
             if "valid_score" in history and len(history) else None
         # a trial ends on its own (early stopping: the "finished" report) or at the horizon, where ASHA stops it
@@ -298,11 +314,11 @@ def _plain(value):
 
 
 def _best_checkpoint(folder: Path) -> Path:
-    """The trial's best checkpoint: the final one, or TiMiRec's pretrain one if the trial stopped in stage 1."""
-    files = sorted(folder.glob("*.pth"), key=lambda p: p.name.endswith("-pretrain.pth"))
-    if not files:
-        raise FileNotFoundError(f"no checkpoint in {folder}")
-    return files[0]
+    """The trial's best checkpoint, or TiMiRec's pretrain one if the trial was stopped in its first stage."""
+    for name in (BEST_FILE, BEST_FILE.replace(".pth", "-pretrain.pth")):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no checkpoint in {folder}")
 
 
 def print_summary(result: SweepResult, out=sys.stdout) -> None:

@@ -87,3 +87,8 @@ def test_recbole_builtin_model_runs_under_the_protocol(tiny):
     result = run("SASRec", "tiny", config_dict=cfg)
     assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
     assert len(result["valid_scores"]) == 1
+
+
+def test_time_budget_stops_even_while_the_score_improves(tiny):
+    result = run("ComiRec", "tiny", config_dict={**tiny, "epochs": 5, "time_budget": 1e-6})
+    assert result["epochs"] == 1 and result["test_result"] is not None  # the best (only) checkpoint is tested

@@ -12,7 +12,7 @@ from recbole_ext.tune import SearchSpaceError, parse_space, run_sweep
 
 def test_hyper_test_lines_follow_recbole(tmp_path):
     path = tmp_path / "hyper.test"
-    path.write_text("learning_rate loguniform -9.2 -4.6\n# comment\nn_interests choice [2, 4]\ntemp uniform 0.1 1\n")
+    path.write_text("learning_rate loguniform -9.2,-4.6\n# comment\nn_interests choice [2, 4]\ntemp uniform 0.1 1\n")
     space = parse_space(path)
     assert space["learning_rate"].lower == pytest.approx(math.exp(-9.2))  # natural-log bounds, as RecBole
     assert space["n_interests"].categories == [2, 4]

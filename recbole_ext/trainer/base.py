@@ -6,7 +6,8 @@
 * ``stopping_rule: rechorus``: besides RecBole's ``stopping_step``, stop once more than 20 evaluations have run
   and the last 10 valid scores never increased (ReChorus BaseRunner rule a);
 * ``no_bias_decay: True``: weight decay on every parameter except those named ``*bias*`` (ReChorus);
-* ``time_budget: SECONDS``: stop at the first validation after that much time in ``fit`` (benchmarks, sweeps).
+* ``time_budget: SECONDS``: stop at the first validation after that much time in one ``fit`` call (one stage of a
+  multi-stage trainer), for benchmarks and sweeps.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from recbole.utils import get_trainer
 
 from recbole_ext.data.protocol import CANDIDATES, FixedNegEvalDataLoader
 from recbole_ext.evaluation.ranking import rank_scores
+
+
+class _Stop(Exception):
+    """Ends ``Trainer.fit`` early on a plugin stop rule."""
 
 
 class PluginTrainerMixin:
@@ -64,10 +69,26 @@ class PluginTrainerMixin:
             scores = super()._full_sort_batch_eval(batched_data)[1].gather(1, candidates)
         return interaction, rank_scores(scores), positive_u, positive_i
 
-    def fit(self, *args, **kwargs):
-        self.fit_started = perf_counter()
-        self.stopping_step = self.config["stopping_step"]
-        return super().fit(*args, **kwargs)
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """RecBole's fit; the plugin's stop rules end it from the per-validation callback, which RecBole calls
+        after saving an improved checkpoint, so the best model is kept whatever rule stops the run."""
+        started, budget = perf_counter(), self.config["time_budget"]
+
+        def callback(epoch: int, score: float) -> None:
+            if callback_fn:
+                callback_fn(epoch, score)
+            last = self.valid_scores[-10:]
+            if (self.config["stopping_rule"] == "rechorus" and len(self.valid_scores) > 20
+                    and all(a >= b for a, b in zip(last, last[1:]))):
+                raise _Stop("the last 10 valid scores never increased (ReChorus rule)")
+            if budget and perf_counter() - started > budget:
+                raise _Stop(f"time_budget of {budget}s reached")
+
+        try:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback)
+        except _Stop as stop:
+            self.logger.info(f"Finished training: {stop}")
+            return self.best_valid_score, self.best_valid_result
 
     def _train_epoch(self, *args, **kwargs):
         start = perf_counter()
@@ -80,15 +101,6 @@ class PluginTrainerMixin:
         score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
         self.valid_seconds.append(perf_counter() - start)
         self.valid_scores.append(score)
-        last = self.valid_scores[-10:]
-        if (self.config["stopping_rule"] == "rechorus" and len(self.valid_scores) > 20
-                and all(a >= b for a, b in zip(last, last[1:]))):
-            # RecBole's early_stopping() adds one to cur_step on a non-improving score and then stops
-            self.cur_step = self.stopping_step
-        budget = self.config["time_budget"]
-        if budget and perf_counter() - self.fit_started > budget:
-            self.logger.info(f"time_budget of {budget}s reached: stopping after this validation")
-            self.stopping_step = -1  # early_stopping() then stops whatever the score
         return score, result
 
 

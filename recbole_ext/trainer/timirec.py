@@ -77,7 +77,6 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
         # the best extractor is needed for the handover, so this stage always saves
         super().fit(train_data, valid_data, verbose, True, show_progress, callback_fn)
         self.stage_epochs["pretrain"] = done = len(self.train_seconds)
-        self.pretrain_result = self.best_valid_result
         self.load_extractor(self.pretrain_file)
 
         self.model.mode = "finetune"

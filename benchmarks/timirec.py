@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -81,10 +82,7 @@ def one_run(spec: dict) -> dict:
     start = time.perf_counter()
     result = recbole_ext.run(spec["model"], spec["dataset"], config_dict=spec["config"])
     wall = time.perf_counter() - start
-    cfg = spec["config"]
-    curve = ROOT / "docs" / "results" / "curves" / (
-        f"{spec['dataset']}_{cfg['protocol']}_{spec['model']}_trm{cfg.get('add_trm', '-')}_lr{cfg['learning_rate']}"
-        f"_seed{cfg['seed']}.json")
+    curve = Path(spec["curve"])
     curve.parent.mkdir(parents=True, exist_ok=True)
     curve.write_text(json.dumps({"valid_ndcg@5": result["valid_scores"], "stage_epochs": result.get("stage_epochs")}))
     return {
@@ -111,13 +109,14 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
     ok = frame[frame.status == "ok"]
     cols = ["epochs", "valid_hit@5", "valid_ndcg@5"] + [f"test_{m}" for m in METRICS if f"test_{m}" in ok] + [
         "s/epoch_train", "s/epoch_eval", "peak_rss_mb"]
-    groups = ok.groupby(["dataset", "protocol", "preset", "model"], sort=False)
+    ok = ok.assign(overrides=ok.overrides.fillna(""))
+    groups = ok.groupby(["dataset", "protocol", "preset", "model", "overrides", "budget_s"], sort=False)
     rows = []
     for key, g in groups:
         cells = [f"{g[c].mean():.4f} ± {g[c].std(ddof=0):.4f}" if c.startswith(("test", "valid")) else f"{g[c].mean():.1f}"
                  for c in cols]
-        rows.append([*key, str(len(g)), *cells])
-    header = ["dataset", "protocol", "preset", "model", "seeds", *cols]
+        rows.append([*key[:5], f"{key[5]:g}" if key[5] else "none", str(len(g)), *cells])
+    header = ["dataset", "protocol", "preset", "model", "overrides", "budget s/stage", "seeds", *cols]
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(r) + " |" for r in rows])
     machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}, CPU only"
@@ -137,6 +136,8 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--max_epochs", type=int, default=200, help="epochs per stage")
     ap.add_argument("--time_budget", type=float, default=0, help="seconds per training stage (0: none)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every run, recorded in the table (e.g. n_interests=4)")
     ap.add_argument("--data_path", default=str(ROOT / "dataset"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--summarise_only", action="store_true", help="rebuild timirec.md from timirec.csv")
@@ -151,17 +152,21 @@ def main() -> None:
         print(summarise(pd.read_csv(csv), out))
         return
     ensure_data(data_path)
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     for dataset, protocol, extra in PARTS["grocery"] + PARTS["ml1m"] if args.part == "all" else PARTS[args.part]:
         for name in args.models:
             model, settings = MODELS[name]
             for seed in args.seeds:
                 config = {"data_path": str(data_path), "protocol": protocol, "seed": seed, "epochs": args.max_epochs,
                           "show_progress": False, "state": "WARNING", "checkpoint_dir": str(Path(tempfile.gettempdir()) / "recbole_ext_bench"),
-                          **settings, **DATASET_SETTINGS[dataset].get(model, {}), **PRESETS[args.preset], **extra}
+                          **settings, **DATASET_SETTINGS[dataset].get(model, {}), **PRESETS[args.preset], **extra, **overrides}
                 if args.time_budget:
                     config["time_budget"] = args.time_budget
+                tag = "".join(f"_{item}" for item in args.set) + (f"_budget{args.time_budget:g}" if args.time_budget else "")
+                curve = out / "curves" / (f"{dataset}_{protocol}_{name}_{args.preset}{tag}_seed{seed}.json")
                 row = {"dataset": dataset, "protocol": protocol, "preset": args.preset, "model": name, "seed": seed,
-                       **launch({"model": model, "dataset": dataset, "config": config})}
+                       "budget_s": args.time_budget, "overrides": " ".join(args.set),
+                       **launch({"model": model, "dataset": dataset, "config": config, "curve": str(curve.resolve())})}
                 print(json.dumps(row), flush=True)
                 pd.DataFrame([row]).to_csv(csv, mode="a", header=not csv.exists(), index=False)
     print(summarise(pd.read_csv(csv), out))

@@ -7,6 +7,8 @@ from logging import getLogger
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import load_data_and_model
@@ -86,10 +88,20 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     }
 
 
-def evaluate_checkpoint(checkpoint: str) -> dict:
-    """Rebuild data and model from a checkpoint (config inside) and evaluate its test split."""
-    config, net, _, _, _, test_data = load_data_and_model(checkpoint)
-    return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=False)
+def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dict:
+    """Evaluate a checkpoint's test split with the configuration saved in it, or, given ``config_dict``, with
+    the checkpoint's model and dataset under that configuration instead (e.g. ``{"protocol": "recbole"}``
+    scores a model trained under the ReChorus protocol by full ranking on the same leave-one-out split).
+    """
+    if config_dict is None:
+        config, net, _, _, _, test_data = load_data_and_model(checkpoint)
+        return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=False)
+    saved = torch.load(checkpoint, map_location="cpu")
+    config = build_config(saved["config"]["model"], saved["config"]["dataset"], config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, test_data = data_preparation(config, load_dataset(config))
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=True, model_file=checkpoint)
 
 
 load = load_data_and_model

@@ -28,6 +28,17 @@ def test_checkpoint_round_trip_gives_equal_predictions_and_metrics(tiny):
     assert evaluate_checkpoint(result["checkpoint"]) == result["test_result"]
 
 
+def test_checkpoint_re_evaluated_under_full_ranking(tiny):
+    """Same weights, same leave-one-out split: the fixed-negative candidates are a subset of the items full
+    ranking scores, so every user's full rank is >= its sampled rank and each Hit@k can only drop."""
+    result = run("TiMiRec", "tiny", config_dict={**tiny, "protocol": "rechorus", "stage": "pretrain"})
+    assert evaluate_checkpoint(result["checkpoint"], {**tiny, "protocol": "rechorus"}) == result["test_result"]
+    full = evaluate_checkpoint(result["checkpoint"], {**tiny, "protocol": "recbole"})
+    assert set(full) == set(result["test_result"])
+    assert all(full[f"hit@{k}"] <= result["test_result"][f"hit@{k}"] for k in (5, 10))
+    assert full != result["test_result"]
+
+
 def test_full_sort_predict_agrees_with_predict(tiny):
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation

@@ -5,7 +5,7 @@ Parts (``--part``):
   ml1m     ml-1m (users 1-2,999 copy) under the 1000-fixed-negatives protocol and under RecBole full ranking
 
 Each run is a fresh subprocess (isolated RNG and peak-RSS reading) through ``recbole_ext.run``. Writes
-``docs/results/timirec.csv`` (one row per run, appended) and ``docs/results/timirec.md`` (mean ± std over seeds).
+``docs/results/timirec.csv`` (one row per run, appended) and ``docs/results/timirec.md`` (mean ± std over seeds) and ``valid_curves.png``.
 
     python benchmarks/timirec.py --part grocery --preset fast --seeds 0 1 2 --time_budget 900
     python benchmarks/timirec.py --part ml1m --preset fast --max_epochs 5 --models ComiRec TiMiRec+
@@ -132,7 +132,36 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
             f"(RecBole full ranking, same split); `epochs` counts both TiMiRec stages; s/epoch averages both stages.\n\n{table}\n\n"
             f"{REFERENCE}\n")
     (out / "timirec.md").write_text(text)
+    plot_curves(out)
     return table
+
+
+def plot_curves(out: Path) -> None:
+    """``valid_curves.png``: valid NDCG@5 per epoch of every run with a saved curve, one panel per dataset;
+    a dot marks where a TiMiRec run switched from pretrain to finetune."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = sorted((out / "curves").glob("*.json"))
+    datasets = sorted({path.name.split("_")[0] for path in curves})
+    if not datasets:
+        return
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for path in (c for c in curves if c.name.split("_")[0] == dataset):
+            data = json.loads(path.read_text())
+            line, = ax.plot(range(1, len(data["valid_ndcg@5"]) + 1), data["valid_ndcg@5"], lw=1,
+                            label=path.stem.removeprefix(f"{dataset}_"))
+            switch = (data.get("stage_epochs") or {}).get("pretrain")
+            if switch and switch < len(data["valid_ndcg@5"]):
+                ax.plot(switch, data["valid_ndcg@5"][switch - 1], "o", color=line.get_color())
+        ax.set(title=dataset, xlabel="epoch (both stages)", ylabel="valid NDCG@5")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "valid_curves.png", dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:

@@ -92,6 +92,8 @@ def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dic
     """Evaluate a checkpoint's test split with the configuration saved in it, or, given ``config_dict``, with
     the checkpoint's model and dataset under that configuration instead (e.g. ``{"protocol": "recbole"}``
     scores a model trained under the ReChorus protocol by full ranking on the same leave-one-out split).
+    ``config_dict`` must repeat the model's non-default hyper-parameters: the model is rebuilt from it before
+    the weights are loaded (a mismatch fails on the state dict's shapes).
     """
     if config_dict is None:
         config, net, _, _, _, test_data = load_data_and_model(checkpoint)

@@ -5,7 +5,8 @@ Parts (``--part``):
   ml1m     ml-1m (users 1-2,999 copy) under the 1000-fixed-negatives protocol and under RecBole full ranking
 
 Each run is a fresh subprocess (isolated RNG and peak-RSS reading) through ``recbole_ext.run``. Writes
-``docs/results/timirec.csv`` (one row per run, appended) and ``docs/results/timirec.md`` (mean ± std over seeds) and ``valid_curves.png``.
+``docs/results/timirec.csv`` (one row per run, added to earlier ones), ``docs/results/timirec.md`` (mean ± std over
+seeds) and ``docs/results/valid_curves.png``; every fixed-negative run is also scored by full ranking.
 
     python benchmarks/timirec.py --part grocery --preset fast --seeds 0 1 2 --time_budget 900
     python benchmarks/timirec.py --part ml1m --preset fast --max_epochs 5 --models ComiRec TiMiRec+

@@ -44,6 +44,17 @@ def build_config(model: str, dataset: str, config_file_list: list[str] | None = 
     return Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
 
 
+def _build(config: Config):
+    """Dataset, RecBole's data preparation and a fresh model, seeded as RecBole's run_recbole does.
+    -> (model, train_data, valid_data, test_data)"""
+    data = load_dataset(config)
+    getLogger().info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    return net, train_data, valid_data, test_data
+
+
 def run(model: str, dataset: str, config_file_list: list[str] | None = None, config_dict: dict | None = None,
         saved: bool = True, callback_fn: Callable[[int, float], None] | None = None, test: bool = True,
         on_trainer: Callable[[object], None] | None = None) -> dict:
@@ -59,11 +70,7 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     init_logger(config)
     logger = getLogger()
     logger.info(config)
-    data = load_dataset(config)
-    logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    net, train_data, valid_data, test_data = _build(config)
     logger.info(net)
     trainer = resolve_trainer(config)(config, net)
     if on_trainer is not None:
@@ -101,8 +108,7 @@ def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dic
     saved = torch.load(checkpoint, map_location="cpu")
     config = build_config(saved["config"]["model"], saved["config"]["dataset"], config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    train_data, _, test_data = data_preparation(config, load_dataset(config))
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    net, _, _, test_data = _build(config)
     return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=True, model_file=checkpoint)
 
 

@@ -121,15 +121,17 @@ def _trial(params: dict, fixed: dict) -> None:
     config = {**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}
     trainers = []
 
+    best_file = str(trial_dir / "saved" / BEST_FILE)  # one name, also across PBT restarts
+
     def attach(trainer) -> None:
         trainers.append(trainer)
-        trainer.saved_model_file = str(trial_dir / "saved" / BEST_FILE)  # one name, also across PBT restarts
+        trainer.saved_model_file = best_file
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
             trainer.resume_checkpoint(os.path.join(folder, "trainer.pth"))
-        trainer.saved_model_file = str(trial_dir / "saved" / BEST_FILE)
+        trainer.saved_model_file = best_file  # resume_checkpoint points it at the donor's file
         for group in trainer.optimizer.param_groups:  # the restored optimizer state carries the donor's values
             group["lr"] = trainer.config["learning_rate"]
             if group["weight_decay"]:

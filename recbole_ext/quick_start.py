@@ -11,7 +11,6 @@ import torch
 
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.quick_start import load_data_and_model
 from recbole.utils import get_model, init_logger, init_seed
 
 from recbole_ext import registry
@@ -103,7 +102,7 @@ def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dic
     the weights are loaded (a mismatch fails on the state dict's shapes).
     """
     if config_dict is None:
-        config, net, _, _, _, test_data = load_data_and_model(checkpoint)
+        config, net, _, _, _, test_data = load(checkpoint)
         return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=False)
     saved = torch.load(checkpoint, map_location="cpu")
     config = build_config(saved["config"]["model"], saved["config"]["dataset"], config_dict=config_dict)
@@ -112,4 +111,9 @@ def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dic
     return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=True, model_file=checkpoint)
 
 
-load = load_data_and_model
+def load(model_file: str):
+    """RecBole's ``load_data_and_model`` (imported on use: ``recbole.quick_start`` imports Ray, ~100 MB that a
+    training process does not need). -> (config, model, dataset, train_data, valid_data, test_data)"""
+    from recbole.quick_start import load_data_and_model
+
+    return load_data_and_model(model_file)

@@ -62,13 +62,16 @@ def read_shipped(path: Path, dataset, split) -> np.ndarray:
     frame = pd.read_csv(path, sep="\t", dtype=str)
     frame.columns = [c.split(":")[0] for c in frame.columns]
     item_ids = dataset.field2token_id[iid]
-    tokens = frame["neg_items"].str.split(" ").explode()
-    mapped = tokens.map(item_ids)
-    if mapped.isna().any():
-        raise ValueError(f"{path}: negative item {tokens[mapped.isna()].iloc[0]!r} is not an item of the dataset")
-    if tokens.groupby(level=0).size().nunique() != 1:
+    width = frame["neg_items"].str.count(" ") + 1
+    if width.nunique() != 1:
         raise ValueError(f"{path}: every row needs the same number of negatives")
-    negatives = mapped.to_numpy(np.int64).reshape(len(frame), -1)
+    negatives = np.empty((len(frame), int(width.iloc[0])), dtype=np.int64)
+    for start in range(0, len(frame), 1024):  # in chunks: a Python string per token costs ~60 bytes
+        tokens = frame["neg_items"].iloc[start:start + 1024].str.split(" ").explode()
+        mapped = tokens.map(item_ids)
+        if mapped.isna().any():
+            raise ValueError(f"{path}: negative item {tokens[mapped.isna()].iloc[0]!r} is not an item of the dataset")
+        negatives[start:start + 1024] = mapped.to_numpy(np.int64).reshape(-1, negatives.shape[1])
     users = frame[uid].map(dataset.field2token_id[uid])
     targets = frame[iid].map(item_ids)
     row_of_user = pd.Series(np.arange(len(frame)), index=users.to_numpy())
@@ -136,7 +139,8 @@ def _protocol_on(config) -> bool:
 
 
 def install_hooks() -> None:
-    """Wrap ``recbole.data.utils.create_samplers`` and ``get_dataloader`` once (they delegate when off)."""
+    """Wrap ``recbole.data.utils.create_samplers`` and ``get_dataloader`` once (they delegate when off); the
+    train loader of sequential models is :mod:`recbole_ext.data.sequential`'s fast one."""
     import recbole.data.utils as data_utils
 
     if getattr(data_utils.get_dataloader, "_recbole_ext", False):
@@ -156,6 +160,10 @@ def install_hooks() -> None:
     def get_dataloader_hook(config, phase):
         if phase in PHASES and _protocol_on(config):
             return FixedNegEvalDataLoader
+        if phase == "train" and config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+            from recbole_ext.data.sequential import train_loader_class
+
+            return train_loader_class(config) or get_dataloader(config, phase)
         return get_dataloader(config, phase)
 
     create_samplers_hook._recbole_ext = get_dataloader_hook._recbole_ext = True

@@ -30,20 +30,44 @@ class SelfAttentionLayer(nn.Module):
     """One single-head, bidirectional, post-LayerNorm Transformer block without output projection and
     with d_ff = d, dropout 0 (the TiMiRec reference layer). Padding keys are masked.
 
+    On CPU, where FLOPs dominate, the position-wise parts (the fused Q/K/V projection, both LayerNorms, the FFN)
+    run on the real items only, packed as ``[T, d]``; on a GPU, where the packing's host sync would cost more
+    than the padding, they run on the padded batch (``pack`` forces either). Attention is one
+    ``scaled_dot_product_attention`` on the padded batch. Padding rows of the output are zero either way.
+    Checkpoints with separate ``query``/``key``/``value`` weights load unchanged.
+
     x: [B, L, d], mask: [B, L] bool (True = real item) -> [B, L, d]
     """
 
-    def __init__(self, d: int):
+    def __init__(self, d: int, pack: bool | None = None):
         super().__init__()
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.pack = pack  # None: on CPU only
+        self.qkv = nn.Linear(d, 3 * d)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.query(x) @ self.key(x).transpose(1, 2) / x.size(-1) ** 0.5  # [B, L, L]
-        logits = logits.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        z = self.norm1(torch.softmax(logits, dim=-1) @ self.value(x) + x)
-        return self.norm2(self.ffn(z) + z)
+        if not (x.device.type == "cpu" if self.pack is None else self.pack):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            z = self.norm1(F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1)) + x)
+            return self.norm2(self.ffn(z) + z) * mask.unsqueeze(-1)
+        b, length, d = x.shape
+        real = mask.reshape(-1).nonzero().squeeze(1)  # [T] flat positions of real items
+        x_real = x.reshape(-1, d).index_select(0, real)  # [T, d]
+        qkv = x.new_zeros(b * length, 3 * d).index_copy(0, real, self.qkv(x_real)).view(b, length, 3 * d)
+        q, k, v = qkv.chunk(3, dim=-1)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))  # [B, L, d]
+        z = self.norm1(attended.reshape(-1, d).index_select(0, real) + x_real)  # [T, d]
+        out = self.norm2(self.ffn(z) + z)
+        return x.new_zeros(b * length, d).index_copy(0, real, out).view(b, length, d)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Fuse the separate projections of checkpoints written before the fused layer."""
+        for kind in ("weight", "bias"):
+            parts = [f"{prefix}{name}.{kind}" for name in ("query", "key", "value")]
+            if all(key in state_dict for key in parts):
+                state_dict[f"{prefix}qkv.{kind}"] = torch.cat([state_dict.pop(key) for key in parts])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class MultiInterestExtractor(nn.Module):
@@ -76,7 +100,7 @@ class MultiInterestExtractor(nn.Module):
         if self.position_embedding is not None:
             h = h + self.position_embedding(reversed_positions(item_seq, lengths))
         if self.transformer is not None:
-            h = self.transformer(h, mask) * mask.unsqueeze(-1)
+            h = self.transformer(h, mask)  # padding rows come back zero
         logits = self.W2(torch.tanh(self.W1(h))).masked_fill(~mask.unsqueeze(-1), float("-inf"))
         attention = torch.softmax(logits.transpose(1, 2), dim=-1)  # [B, K, L]
         return attention @ (h if self.aggregate == "encoded" else raw)  # [B, K, d]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from recbole_ext.model.layers import (
     MultiInterestExtractor, bpr_loss, closest_interest, init_normal, max_interest_scores,
@@ -43,6 +44,7 @@ class InterestPredictor(nn.Module):
     """GRU over the raw history (its own item table) -> MLP -> interest logits.
 
     The table has n_items + 1 rows, as in the reference (an off-by-one kept so parameter counts match).
+    The GRU runs on the packed history (no step on padding), like the reference.
     item_seq: [B, L] right-padded, lengths: [B] -> [B, K]
     """
 
@@ -54,9 +56,10 @@ class InterestPredictor(nn.Module):
         self.proj = nn.Sequential(*hidden, nn.Linear(d, n_interests))
 
     def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        outputs, _ = self.gru(self.item_embedding(item_seq))  # [B, L, d]; causal, so padding after len is inert
-        last = outputs[torch.arange(len(lengths), device=lengths.device), lengths - 1]  # [B, d]
-        return self.proj(last)
+        packed = pack_padded_sequence(self.item_embedding(item_seq), lengths.cpu(), batch_first=True,
+                                      enforce_sorted=False)
+        _, last = self.gru(packed)  # [1, B, d]: the state after each row's last real item
+        return self.proj(last[0])
 
 
 class TiMiRec(SequentialRecommender):

@@ -117,14 +117,17 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
     cols = ["epochs", "valid_hit@5", "valid_ndcg@5"] + [f"test_{m}" for m in METRICS if f"test_{m}" in ok] + [
         f"full_test_{m}" for m in ("hit@10", "ndcg@10") if f"full_test_{m}" in ok] + [
         "s/epoch_train", "s/epoch_eval", "peak_rss_mb"]
-    ok = ok.assign(overrides=ok.overrides.fillna(""))
-    groups = ok.groupby(["dataset", "protocol", "preset", "model", "overrides", "budget_s"], sort=False)
+    # rows from before the history-excluding sampler trained on RecBole's negatives (positive excluded only)
+    ok = ok.assign(overrides=ok.overrides.fillna(""), train_neg=ok.get("train_neg", pd.Series(index=ok.index, dtype=str))
+                   .fillna("positive"))
+    groups = ok.groupby(["dataset", "protocol", "preset", "model", "overrides", "train_neg", "budget_s"], sort=False)
     rows = []
     for key, g in groups:
         cells = ["–" if g[c].isna().all() else f"{g[c].mean():.4f} ± {g[c].std(ddof=0):.4f}"
                  if c.startswith(("test", "valid", "full")) else f"{g[c].mean():.1f}" for c in cols]
-        rows.append([*key[:5], f"{key[5]:g}" if key[5] else "none", str(len(g)), *cells])
-    header = ["dataset", "protocol", "preset", "model", "overrides", "budget s/stage", "seeds", *cols]
+        rows.append([*key[:6], f"{key[6]:g}" if key[6] else "none", str(len(g)), *cells])
+    header = ["dataset", "protocol", "preset", "model", "overrides", "training negatives exclude", "budget s/stage",
+              "seeds", *cols]
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(r) + " |" for r in rows])
     machine = f"{platform.processor() or platform.machine()}, {platform.python_version()}, CPU only"
@@ -204,10 +207,13 @@ def main() -> None:
                           **settings, **DATASET_SETTINGS[dataset].get(model, {}), **PRESETS[args.preset], **extra, **overrides}
                 if args.time_budget:
                     config["time_budget"] = args.time_budget
-                tag = "".join(f"_{item}" for item in args.set) + (f"_budget{args.time_budget:g}" if args.time_budget else "")
+                train_neg = config.get("train_neg_exclude", "history" if protocol == "rechorus" else "positive")
+                tag = "".join(f"_{item}" for item in args.set) + (f"_budget{args.time_budget:g}" if args.time_budget else "") \
+                    + ("_histneg" if train_neg == "history" else "")
                 curve = out / "curves" / (f"{dataset}_{protocol}_{name}_{args.preset}{tag}_seed{seed}.json")
                 row = {"dataset": dataset, "protocol": protocol, "preset": args.preset, "model": name, "seed": seed,
                        "budget_s": args.time_budget, "overrides": " ".join(args.set),
+                       "train_neg": train_neg,
                        **launch({"model": model, "dataset": dataset, "config": config, "curve": str(curve.resolve()),
                                  "full_ranking": True})}
                 print(json.dumps(row), flush=True)

@@ -111,4 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.model} on {args.dataset or DEFAULT_DATASET}: {result['epochs']} epochs, "
           f"best valid {result['best_valid_score']:.4f}")
     print("test:", "  ".join(f"{k} {float(v):.4f}" for k, v in result["test_result"].items()))
+    if result["pretrain_test_result"]:
+        print("test of the pretrain stage's model:",
+              "  ".join(f"{k} {float(v):.4f}" for k, v in result["pretrain_test_result"].items()))
     return 0

@@ -62,7 +62,8 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     ``callback_fn(epoch, valid_score)`` runs after every validation (Ray Tune reports through it);
     ``on_trainer(trainer)`` runs once before training (a sweep resumes or checkpoints through it).
     Returns RecBole's result dict plus ``checkpoint``, ``epochs``, ``train_seconds``/``valid_seconds`` per
-    epoch and ``valid_scores`` (the valid curve, all stages).
+    epoch, ``valid_scores`` (the valid curve, all stages) and, for a two-stage run, ``pretrain_test_result``
+    (the test result of the first stage's best model, e.g. TiMiRec's extractor before distillation).
     """
     config = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -78,6 +79,9 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"]) \
         if test else None
+    pretrain_file = getattr(trainer, "pretrain_file", None)  # a two-stage run: also test its first stage's model
+    pretrain_test_result = trainer.evaluate(test_data, load_best_model=True, model_file=pretrain_file,
+                                            show_progress=config["show_progress"]) if test and pretrain_file else None
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
     return {
@@ -85,6 +89,7 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,
+        "pretrain_test_result": pretrain_test_result,
         "checkpoint": trainer.saved_model_file if saved else None,
         "epochs": len(trainer.train_seconds),
         "train_seconds": trainer.train_seconds,

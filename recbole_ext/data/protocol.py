@@ -22,8 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
+
+from recbole_ext.data.comirec import ComiRecEvalDataLoader, comirec_build
 
 CANDIDATES = "candidates"
 PHASES = {"valid": 1, "test": 2}
@@ -128,19 +131,25 @@ class FixedNegEvalDataLoader(FullSortEvalDataLoader):
         return interaction, None, positive_u, torch.zeros_like(positive_u)
 
 
-def _protocol_on(config) -> bool:
+def eval_protocol(config) -> str:
+    """The run's evaluation protocol: recbole | fixed_negatives | comirec (the last two: sequential models)."""
     mode = config["eval_protocol"] or "recbole"
-    if mode not in ("recbole", "fixed_negatives"):
-        raise ValueError(f"eval_protocol: unknown value {mode!r}; choose 'recbole' or 'fixed_negatives'")
-    if mode == "fixed_negatives" and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
-        raise ValueError("eval_protocol: 'fixed_negatives' is for sequential models; use 'recbole' for "
-                         f"{config['model']}")
-    return mode == "fixed_negatives"
+    if mode not in ("recbole", "fixed_negatives", "comirec"):
+        raise ValueError(f"eval_protocol: unknown value {mode!r}; choose 'recbole', 'fixed_negatives' or 'comirec'")
+    if mode != "recbole" and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        raise ValueError(f"eval_protocol: {mode!r} is for sequential models; use 'recbole' for {config['model']}")
+    return mode
+
+
+def _protocol_on(config) -> bool:
+    return eval_protocol(config) == "fixed_negatives"
 
 
 def install_hooks() -> None:
-    """Wrap ``recbole.data.utils.create_samplers`` and ``get_dataloader`` once (they delegate when off); the
-    train loader of sequential models is :mod:`recbole_ext.data.sequential`'s fast one."""
+    """Wrap ``recbole.data.utils.create_samplers``, ``get_dataloader`` and ``SequentialDataset.build`` once (they
+    delegate when no plugin protocol is on): the fixed-negatives protocol here, the ComiRec protocol of
+    :mod:`recbole_ext.data.comirec`, and the fast train loader of sequential models
+    (:mod:`recbole_ext.data.sequential`)."""
     import recbole.data.utils as data_utils
 
     if getattr(data_utils.get_dataloader, "_recbole_ext", False):
@@ -160,6 +169,8 @@ def install_hooks() -> None:
     def get_dataloader_hook(config, phase):
         if phase in PHASES and _protocol_on(config):
             return FixedNegEvalDataLoader
+        if phase in PHASES and eval_protocol(config) == "comirec":
+            return ComiRecEvalDataLoader
         if phase == "train" and config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
             from recbole_ext.data.sequential import train_loader_class
 
@@ -168,3 +179,10 @@ def install_hooks() -> None:
 
     create_samplers_hook._recbole_ext = get_dataloader_hook._recbole_ext = True
     data_utils.create_samplers, data_utils.get_dataloader = create_samplers_hook, get_dataloader_hook
+
+    build = SequentialDataset.build
+
+    def build_hook(self):
+        return comirec_build(self) if eval_protocol(self.config) == "comirec" else build(self)
+
+    SequentialDataset.build = build_hook

@@ -3,6 +3,8 @@ K interests, N items (row 0 of every item table is padding), C candidates."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,18 +73,21 @@ class SelfAttentionLayer(nn.Module):
 
 
 class MultiInterestExtractor(nn.Module):
-    """Self-attentive multi-interest extractor (ComiRec-SA, λ = 0).
+    """Self-attentive multi-interest extractor (ComiRec-SA, λ = 0, and Re4's variant of it).
 
     ``A = softmax_L(W2 tanh(W1 H))`` over the valid positions, one row per interest, and ``V = A · X``,
     where H is the item embedding plus the reversed position embedding (``add_pos``) passed through one
     Transformer layer (``add_trm``), and X is H itself (``aggregate='encoded'``, TiMiRec) or the raw item
-    embeddings (``aggregate='raw'``, ComiRec as in its official code).
+    embeddings (``aggregate='raw'``, ComiRec as in its official code), optionally through a bias-free linear
+    map (``value_proj``, Re4's ``E W2``). ``bias=False`` drops the attention biases (Re4).
 
-    item_seq: [B, L], lengths: [B] -> interests V: [B, K, d]
+    item_seq: [B, L], lengths: [B] -> interests V: [B, K, d]; with ``details=True`` also the attention
+    A [B, K, L] and its masked logits S [B, K, L] (padding = -inf).
     """
 
     def __init__(self, n_items: int, d: int, attn_size: int, n_interests: int, max_len: int,
-                 add_pos: bool = True, add_trm: bool = False, aggregate: str = "encoded"):
+                 add_pos: bool = True, add_trm: bool = False, aggregate: str = "encoded", bias: bool = True,
+                 value_proj: bool = False):
         super().__init__()
         if aggregate not in ("encoded", "raw"):
             raise ValueError(f"aggregate must be 'encoded' or 'raw', got {aggregate!r}")
@@ -90,10 +95,11 @@ class MultiInterestExtractor(nn.Module):
         self.item_embedding = nn.Embedding(n_items, d)
         self.position_embedding = nn.Embedding(max_len + 1, d) if add_pos else None
         self.transformer = SelfAttentionLayer(d) if add_trm else None
-        self.W1 = nn.Linear(d, attn_size)
-        self.W2 = nn.Linear(attn_size, n_interests)
+        self.W1 = nn.Linear(d, attn_size, bias=bias)
+        self.W2 = nn.Linear(attn_size, n_interests, bias=bias)
+        self.value = nn.Linear(d, d, bias=False) if value_proj else None
 
-    def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor, details: bool = False):
         mask = item_seq > 0  # [B, L]
         raw = self.item_embedding(item_seq)  # [B, L, d]
         h = raw
@@ -101,9 +107,11 @@ class MultiInterestExtractor(nn.Module):
             h = h + self.position_embedding(reversed_positions(item_seq, lengths))
         if self.transformer is not None:
             h = self.transformer(h, mask)  # padding rows come back zero
-        logits = self.W2(torch.tanh(self.W1(h))).masked_fill(~mask.unsqueeze(-1), float("-inf"))
-        attention = torch.softmax(logits.transpose(1, 2), dim=-1)  # [B, K, L]
-        return attention @ (h if self.aggregate == "encoded" else raw)  # [B, K, d]
+        logits = self.W2(torch.tanh(self.W1(h))).transpose(1, 2).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        attention = torch.softmax(logits, dim=-1)  # [B, K, L]
+        values = h if self.aggregate == "encoded" else raw
+        interests = attention @ (values if self.value is None else self.value(values))  # [B, K, d]
+        return (interests, attention, logits) if details else interests
 
 
 def closest_interest(interests: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -128,3 +136,36 @@ def max_interest_scores(interests: torch.Tensor, items: torch.Tensor) -> torch.T
 def bpr_loss(pos_score: torch.Tensor, neg_score: torch.Tensor) -> torch.Tensor:
     """-mean log σ(s⁺ - s⁻), computed stably. [B], [B] -> scalar."""
     return -F.logsigmoid(pos_score - neg_score).mean()
+
+
+def sampled_softmax_loss(user: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n_negatives: int,
+                         distribution: str = "uniform") -> torch.Tensor:
+    """Softmax of the target against negatives shared by the whole batch (Re4 / ComiRec style).
+
+    ``n_negatives`` distinct ids are drawn from ``1 .. N-1`` with torch's global generator: ``uniform``, or
+    ``log_uniform`` (P(id) ∝ log((id + 1) / id), for ids numbered by descending popularity, with the log-Q
+    correction of the sampled logits); a candidate equal to the row's own target is masked (accidental hit).
+    With ``n_negatives >= N - 1`` every item is a candidate: the full softmax over items ``1 .. N-1``.
+
+    user: [B, d], items: [N, d] (row 0 = padding), targets: [B] -> scalar (batch mean)
+    """
+    n_real = items.size(0) - 1
+    log_q = None
+    if n_negatives >= n_real:
+        candidates = torch.arange(1, n_real + 1, device=items.device)
+    elif distribution == "uniform":  # the log-Q correction is one constant here and cancels
+        candidates = torch.randperm(n_real, device=items.device)[:n_negatives] + 1
+    elif distribution == "log_uniform":
+        ids = torch.arange(1, n_real + 1, device=items.device, dtype=items.dtype)
+        probs = torch.log1p(1 / ids) / math.log(n_real + 1)  # [N-1], sums to 1
+        candidates = torch.multinomial(probs, n_negatives, replacement=False) + 1
+        log_q = torch.cat([probs.new_zeros(1), probs.log()])  # indexed by item id
+    else:
+        raise ValueError(f"negative distribution must be 'uniform' or 'log_uniform', got {distribution!r}")
+    positive = (user * items[targets]).sum(-1, keepdim=True)  # [B, 1]
+    negative = user @ items[candidates].T  # [B, C]
+    if log_q is not None:
+        positive, negative = positive - log_q[targets].unsqueeze(1), negative - log_q[candidates]
+    negative = negative.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))

@@ -1,5 +1,7 @@
 """What the plugin adds to RecBole's ``Trainer``, as a mixin so any RecBole trainer can take it.
 
+* evaluation under ``eval_protocol: comirec``: RecBole's full-sort evaluation plus ComiRec's order-aware NDCG of
+  each batch (``rec.comirec_ndcg``, read by the ``ComiRecNDCG`` metric);
 * evaluation under ``eval_protocol: fixed_negatives``: ``model.predict_candidates(interaction, candidates)``
   ([B, 1+N]) when the model has it, else one ``full_sort_predict`` with the candidate columns gathered; then the
   pessimistic rank (see :mod:`recbole_ext.data.protocol`);
@@ -10,7 +12,9 @@
   (Adam, AdamW, SGD, Adagrad on CPU and GPU): the same update, several times faster than the per-tensor loop on
   the large embedding tables;
 * ``time_budget: SECONDS``: stop at the first validation after that much time in one ``fit`` call (one stage of a
-  multi-stage trainer), for benchmarks and sweeps.
+  multi-stage trainer), for benchmarks and sweeps;
+* after every validation, one log line says where the run stands and how long it can still take (epochs and time
+  left until early stopping at the latest, and until the epoch limit or time budget).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from time import perf_counter
 from recbole.trainer import Trainer
 from recbole.utils import get_trainer
 
+from recbole_ext.data.comirec import TARGETS
 from recbole_ext.data.protocol import CANDIDATES, FixedNegEvalDataLoader
+from recbole_ext.evaluation.comirec import KEY as COMIREC_KEY
+from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.evaluation.ranking import rank_scores
 
 
@@ -35,6 +42,7 @@ class PluginTrainerMixin:
         self.train_seconds: list[float] = []  # per epoch, for benchmarks and sweeps
         self.valid_seconds: list[float] = []
         self.stage_epochs: dict[str, int] = {}  # epochs per stage, for multi-stage trainers
+        self.stage_label = ""  # e.g. "stage 1/2 (pretrain) ", for the progress line
 
     @property
     def valid_curve(self) -> list[float]:
@@ -62,10 +70,18 @@ class PluginTrainerMixin:
     def evaluate(self, eval_data, *args, **kwargs):
         if isinstance(eval_data, FixedNegEvalDataLoader):
             eval_data.trainer_ready = True
+        if COMIREC_KEY in self.eval_collector.data_struct:  # RecBole's Collector keeps unknown keys across calls
+            del self.eval_collector.data_struct[COMIREC_KEY]
         return super().evaluate(eval_data, *args, **kwargs)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, _, positive_u, positive_i = batched_data
+        if TARGETS in interaction:  # ComiRec protocol: RecBole scores it; add the order-aware NDCG
+            result = super()._full_sort_batch_eval(batched_data)
+            top_items = result[1].topk(max(self.config["topk"]), dim=1).indices
+            ndcg = comirec_ndcg(top_items, interaction[TARGETS].to(top_items.device), self.config["topk"])
+            self.eval_collector.data_struct.update_tensor(COMIREC_KEY, ndcg)
+            return result
         if CANDIDATES not in interaction:
             return super()._full_sort_batch_eval(batched_data)
         candidates = interaction[CANDIDATES].to(self.device)  # [B, 1+N], column 0 = target
@@ -91,11 +107,29 @@ class PluginTrainerMixin:
             if budget and perf_counter() - started > budget:
                 raise _Stop(f"time_budget of {budget}s reached")
 
+        def progress(epoch: int, score: float) -> None:
+            self.logger.info(self._progress(epoch, started))
+            callback(epoch, score)
+
         try:
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback)
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, progress)
         except _Stop as stop:
             self.logger.info(f"Finished training: {stop}")
             return self.best_valid_score, self.best_valid_result
+
+    def _progress(self, epoch: int, started: float) -> str:
+        """'epoch 3/200: 8.9 s train + 0.5 s valid; ...' with the epochs and time left at most."""
+        stage_epochs = len(self.train_seconds) - sum(self.stage_epochs.values())
+        pace = (sum(self.train_seconds[-stage_epochs:]) + sum(self.valid_seconds[-stage_epochs:])) / stage_epochs
+        most = self.epochs - (epoch + 1)
+        flat = min(most, (self.stopping_step + 1 - self.cur_step) * self.eval_step)
+        budget = self.config["time_budget"]
+        cap = f" (time budget: {max(budget - (perf_counter() - started), 0) / 60:.1f} min)" if budget else ""
+        left = (f"at most {most} more epochs (~{most * pace / 60:.1f} min){cap}" if most else "the stage's last epoch")
+        if 0 < flat < most:
+            left = f"ends after {flat} more epochs without improvement (~{flat * pace / 60:.1f} min), {left}"
+        return (f"{self.stage_label}epoch {epoch + 1}/{self.epochs}: {self.train_seconds[-1]:.1f} s train + "
+                f"{self.valid_seconds[-1]:.1f} s valid; best valid {self.best_valid_score:.4f}; {left}")
 
     def _train_epoch(self, *args, **kwargs):
         start = perf_counter()

@@ -73,6 +73,7 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
         self.pretrain_file = final_file.replace(".pth", "-pretrain.pth")
         self.saved_model_file = self.pretrain_file
         self.model.mode = "pretrain"
+        self.stage_label = "TiMiRec stage 1/2 (pretrain; the finetune stage follows) "
         self.logger.info("TiMiRec stage 1/2: pretrain the multi-interest extractor")
         # the best extractor is needed for the handover, so this stage always saves
         super().fit(train_data, valid_data, verbose, True, show_progress, callback_fn)
@@ -81,6 +82,7 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
 
         self.model.mode = "finetune"
         self._restart(final_file)
+        self.stage_label = "TiMiRec stage 2/2 (finetune) "
         self.logger.info("TiMiRec stage 2/2: finetune with target-interest distillation")
         shifted = (lambda epoch, score: callback_fn(done + epoch, score)) if callback_fn else None
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, shifted)

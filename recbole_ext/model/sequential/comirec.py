@@ -6,7 +6,8 @@ diversity-controllable aggregation off, λ = 0, as in ReChorus's ComiRec, the Ti
 * K interests from a self-attention over the history (attention logits see item + reversed position
   embeddings; the interests aggregate the raw item embeddings, as the official code does).
 * Training: the interest closest (dot product) to the target is the user vector; BPR with one sampled
-  negative (``loss_type: BPR``, the ReChorus baseline) or softmax over all items (``loss_type: CE``).
+  negative (``loss_type: BPR``, the ReChorus baseline), softmax over all items (``loss_type: CE``) or a sampled
+  softmax over ``n_negatives`` negatives shared by the batch (``loss_type: SSM``, the ComiRec/Re4 protocol).
 * Inference: each item is scored by its best interest (``max_k <v_k, e_i>``), one batched matmul.
 
 Reproduce the ReChorus Grocery baseline (99 fixed negatives, HR/NDCG@5)::
@@ -21,19 +22,20 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_ext.model.layers import (
-    MultiInterestExtractor, bpr_loss, closest_interest, init_normal, max_interest_scores,
+    MultiInterestExtractor, bpr_loss, closest_interest, init_normal, max_interest_scores, sampled_softmax_loss,
 )
 
 
 class ComiRec(SequentialRecommender):
     r"""ComiRec-SA for RecBole. Config keys: ``embedding_size``, ``attn_size``, ``n_interests``, ``add_pos``,
-    ``loss_type`` (BPR | CE)."""
+    ``loss_type`` (BPR | CE | SSM), ``n_negatives`` and ``neg_distribution`` (SSM)."""
 
-    config_choices = {"loss_type": ("BPR", "CE")}
+    config_choices = {"loss_type": ("BPR", "CE", "SSM")}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.loss_type = config["loss_type"]
+        self.n_negatives, self.neg_distribution = config["n_negatives"], config["neg_distribution"]
         self.extractor = MultiInterestExtractor(
             self.n_items, config["embedding_size"], config["attn_size"], config["n_interests"],
             self.max_seq_length, add_pos=bool(config["add_pos"]), add_trm=False, aggregate="raw",
@@ -51,6 +53,9 @@ class ComiRec(SequentialRecommender):
         user = closest_interest(interests, pos)  # [B, d]
         if self.loss_type == "CE":
             return torch.nn.functional.cross_entropy(user @ table.weight.T, interaction[self.POS_ITEM_ID])
+        if self.loss_type == "SSM":
+            return sampled_softmax_loss(user, table.weight, interaction[self.POS_ITEM_ID], self.n_negatives,
+                                        self.neg_distribution)
         neg = table(interaction[self.NEG_ITEM_ID])
         return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
 

@@ -1,0 +1,82 @@
+"""The ComiRec multi-interest protocol (``eval_protocol: comirec``, preset ``protocol: comirec``; specs/re4.md §3).
+
+* Filtering, one pass as ComiRec's preprocessing: items with ≥ 5 interactions (RecBole's
+  ``item_inter_num_interval``, which cannot cascade without a user filter), then users with ≥
+  ``comirec_min_user_inter`` interactions on the kept items, dropped here without re-checking items.
+* A **user-disjoint** split: the users are shuffled with ``comirec_split_seed`` and cut 80/10/10
+  (``comirec_split``); each user's whole sequence belongs to one part.
+* Training: every prefix of every train user's sequence predicts its next item (RecBole's own sequential
+  augmentation, history truncated to the last ``MAX_ITEM_LIST_LENGTH`` items).
+* Valid/test: one row per user; the history is the first ``int(0.8·n)`` items (``comirec_history_ratio``; the
+  last ≤ L of them are fed) and **all** the remaining items are its targets, in order (``comirec_targets``
+  [rows, T], 0-padded). :class:`ComiRecEvalDataLoader` hands them to RecBole's Collector as the row's positives,
+  so RecBole's Recall/Hit/NDCG score each user against all its targets; ``ComiRecNDCG``
+  (:mod:`recbole_ext.evaluation.comirec`) adds ComiRec's paper-branch NDCG from the ordered targets.
+* Retrieval is a full ranking over all items (multi-interest models: max over interests); history items are not
+  masked, as in ComiRec and Re4. Model selection is on the **valid** users (the Re4 code selects on test).
+
+It plugs in through ``SequentialDataset.build`` and ``get_dataloader`` (see :func:`recbole_ext.data.protocol.install_hooks`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.interaction import Interaction
+
+TARGETS = "comirec_targets"
+
+
+def split_users(users: np.ndarray, seed: int, ratios: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle with the seed, cut train / valid / test at ``int(r0·n)`` and ``int((r0 + r1)·n)`` as ComiRec."""
+    shuffled = np.random.default_rng(seed).permutation(users)
+    first, second = int(ratios[0] * len(users)), int((ratios[0] + ratios[1]) * len(users))
+    return shuffled[:first], shuffled[first:second], shuffled[second:]
+
+
+def eval_rows(start: np.ndarray, counts: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """For users whose augmented rows are ``start .. start + counts - 1`` (targets at sequence positions
+    1 .. n-1, n = counts + 1): the row whose target is position ``k = int(ratio·n)`` (its history is the first
+    k items) and the row index of every target at positions k .. n-1, [U, T] padded with -1."""
+    k = np.maximum((ratio * (counts + 1)).astype(np.int64), 1)
+    first = start + k - 1
+    n_targets = counts + 1 - k
+    steps = np.arange(n_targets.max(initial=0))
+    targets = first[:, None] + steps[None, :]
+    return first, np.where(steps[None, :] < n_targets[:, None], targets, -1)
+
+
+def comirec_build(dataset) -> list:
+    """[train, valid, test] datasets of the protocol from a loaded (augmented) ``SequentialDataset``."""
+    dataset._change_feat_format()  # as RecBole's build: DataFrame -> Interaction, then the prefix augmentation
+    config, feat = dataset.config, dataset.inter_feat
+    users = feat[dataset.uid_field].numpy()
+    if len(users) > 1 and (np.diff(users) < 0).any():
+        raise ValueError("comirec protocol: the interactions must be sorted by user (RecBole's augmentation does)")
+    ids, start, counts = np.unique(users, return_index=True, return_counts=True)
+    enough = counts + 1 >= (config["comirec_min_user_inter"] or 1)
+    train_users, valid_users, test_users = split_users(ids[enough], int(config["comirec_split_seed"]),
+                                                       list(config["comirec_split"]))
+    parts = [dataset.copy(feat[torch.as_tensor(np.nonzero(np.isin(users, train_users))[0])])]
+    items = feat[dataset.iid_field]
+    for part in (valid_users, test_users):
+        chosen = np.isin(ids, part)
+        rows, target_rows = eval_rows(start[chosen], counts[chosen], float(config["comirec_history_ratio"]))
+        split = dataset.copy(feat[torch.as_tensor(rows)])
+        split.comirec_targets = torch.where(torch.as_tensor(target_rows) >= 0,
+                                            items[torch.as_tensor(target_rows).clamp(min=0)], 0)
+        parts.append(split)
+    return parts
+
+
+class ComiRecEvalDataLoader(FullSortEvalDataLoader):
+    """RecBole's sequential full-sort loader whose rows carry all their targets: ``positive_u``/``positive_i``
+    list every (row, target) pair, and the batch has the ordered targets as ``comirec_targets`` [B, T]."""
+
+    def collate_fn(self, index):
+        interaction, history_index, _, _ = super().collate_fn(index)
+        targets = self._dataset.comirec_targets[torch.as_tensor(np.asarray(index))]
+        rows, cols = targets.nonzero(as_tuple=True)
+        interaction.update(Interaction({TARGETS: targets}))
+        return interaction, history_index, rows, targets[rows, cols]

@@ -1,0 +1,88 @@
+"""The ComiRec protocol: user-disjoint split, all-future-items targets, and both NDCG definitions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from recbole.evaluator import Collector, Evaluator
+from recbole.quick_start import run_recbole
+
+from recbole_ext.data.comirec import TARGETS, eval_rows
+from recbole_ext.evaluation.comirec import comirec_ndcg
+from recbole_ext.quick_start import _build, build_config
+
+
+def test_eval_row_is_the_first_80_percent_and_targets_the_rest():
+    first, targets = eval_rows(np.array([0, 9]), np.array([9, 4]), 0.8)  # n = 10 and 5
+    assert first.tolist() == [7, 12]  # k = 8 and 4: rows start + k - 1
+    assert targets.tolist() == [[7, 8], [12, -1]]
+
+
+METRICS = ["Recall", "NDCG", "Hit", "ComiRecNDCG"]  # the preset's (the tiny fixture sets its own)
+
+
+def _three_users():
+    targets = torch.tensor([[5, 7, 5], [3, 0, 0], [2, 0, 0]])  # ordered, with a repeat, 0-padded
+    top = torch.tensor([[7, 9, 5, 1], [1, 2, 4, 6], [9, 8, 2, 1]])
+    return targets, top
+
+
+def test_comirec_ndcg_hand_values():
+    targets, top = _three_users()
+    got = comirec_ndcg(top, targets, [2, 4])
+    # user 0 @2: only T[1] = 7 retrieved -> (1/log2 3) / 1; @4: all three target slots hit -> DCG = IDCG -> 1
+    expected = torch.tensor([[1 / math.log2(3), 1.0], [0.0, 0.0], [0.0, 1.0]])
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_recbole_formulas_on_the_same_users(tiny):
+    config = build_config("ComiRec", "tiny", config_dict={**tiny, "protocol": "comirec", "topk": [2, 4],
+                                                                    "metrics": METRICS})
+    targets, top = _three_users()
+    scores = torch.zeros(3, 12)
+    for row, items in enumerate(top.tolist()):
+        scores[row, items] = torch.tensor([4.0, 3.0, 2.0, 1.0])
+    rows, cols = targets.nonzero(as_tuple=True)
+    collector = Collector(config)
+    collector.eval_batch_collect(scores, None, rows, targets[rows, cols])
+    collector.data_struct.update_tensor("rec.comirec_ndcg", comirec_ndcg(top, targets, [2, 4]))
+    result = Evaluator(config).evaluate(collector.get_data_struct())
+    # user 0's targets as a set {5, 7}: 7 at rank 1, 5 at rank 3; users 1 and 2 have one target each
+    assert result["recall@2"] == pytest.approx(round((0.5 + 0 + 0) / 3, 4))
+    assert result["recall@4"] == pytest.approx(round((1 + 0 + 1) / 3, 4))
+    assert result["hit@4"] == pytest.approx(round(2 / 3, 4))
+    ndcg4_user0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))  # standard: IDCG over min(|T|, k) = 2
+    assert result["ndcg@4"] == pytest.approx(round((ndcg4_user0 + 0 + 1 / math.log2(4)) / 3, 4))
+    assert result["comirecndcg@4"] == pytest.approx(round((1 + 0 + 1) / 3, 4))  # order-insensitive
+
+
+def test_split_is_user_disjoint_and_keeps_targets_out_of_training(tiny):
+    config = build_config("ComiRec", "tiny", config_dict={**tiny, "protocol": "comirec"})
+    _, train, valid, test = _build(config)
+    uid, iid = "user_id", "item_id"
+    parts = [set(d._dataset.inter_feat[uid].tolist()) for d in (train, valid, test)]
+    assert all(not (a & b) for a, b in [(parts[0], parts[1]), (parts[0], parts[2]), (parts[1], parts[2])])
+    assert len(parts[1]) == len(valid._dataset) and len(parts[2]) == len(test._dataset)  # one row per user
+    full = train._dataset  # train users: every prefix is an instance (n - 1 rows per user of length n)
+    lengths = np.bincount(full.inter_feat[uid].numpy())
+    assert all(lengths[u] >= 4 for u in parts[0])
+    for loader in (valid, test):
+        ds = loader._dataset
+        for row in range(len(ds)):
+            history = ds.inter_feat["item_id_list"][row][: ds.inter_feat["item_length"][row]].tolist()
+            targets = [t for t in ds.comirec_targets[row].tolist() if t]
+            assert targets[0] == ds.inter_feat[iid][row].item()
+            n = len(history) + len(targets)  # histories are short enough here to be whole
+            assert len(history) == int(0.8 * n)
+        batch, _, positive_u, positive_i = next(iter(loader))
+        assert TARGETS in batch and len(positive_i) == (batch[TARGETS] > 0).sum()
+
+
+def test_re4_comirec_and_timirec_under_the_protocol(tiny):
+    base = {**tiny, "protocol": "comirec", "topk": [5, 10], "valid_metric": "Recall@10", "metrics": METRICS}
+    for model, extra in (("Re4", {"n_negatives": 10}), ("ComiRec", {}), ("TiMiRec", {"epochs": 1})):
+        result = run_recbole(model=model, dataset="tiny", config_dict={**base, **extra})
+        test = result["test_result"]
+        assert set(test) == {f"{m}@{k}" for m in ("recall", "ndcg", "hit", "comirecndcg") for k in (5, 10)}
+        assert test["recall@10"] <= test["hit@10"] and test["recall@5"] <= test["recall@10"]

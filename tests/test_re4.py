@@ -1,0 +1,120 @@
+"""Re4: each backward flow against a hand-computed value, sampled softmax against the full softmax, zero
+weights removing their terms, and runs through RecBole's run_recbole."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from recbole.quick_start import run_recbole
+
+from recbole_ext.model.layers import sampled_softmax_loss
+from recbole_ext.model.sequential.re4 import (
+    Re4, attended_items, newest_first, re_attend_loss, re_construct_loss, re_contrast_loss,
+)
+from recbole_ext.quick_start import _build, build_config
+from recbole_ext.trainer.base import resolve_trainer
+
+
+def test_newest_first_and_attended_items():
+    assert newest_first(torch.tensor([[1, 2, 3, 0], [5, 0, 0, 0]]), torch.tensor([3, 1])).tolist() == \
+        [[3, 2, 1, 0], [5, 0, 0, 0]]
+    attention = torch.tensor([[[0.5, 0.3, 0.2, 0.0]]])
+    valid = torch.tensor([[True, True, True, False]])
+    assert attended_items(attention, valid, -1).tolist() == [[[True, False, False, False]]]  # gate 1/3
+    assert attended_items(attention, valid, 4).tolist() == [[[True, True, False, False]]]  # gate 1/4
+
+
+def test_re_attend_hand_value_and_padding_gives_finite_gradients():
+    z = torch.tensor([[[1.0, 0.0]]], requires_grad=True)
+    items = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [9.0, 9.0]]], requires_grad=True)
+    logits = torch.tensor([[[0.0, 0.0, 5.0]]], requires_grad=True)
+    valid = torch.tensor([[True, True, False]])
+    # R = softmax([1, 0]) = [.7311, .2689], A = [.5, .5]: H(R, A) = ln 2
+    loss = re_attend_loss(z, items, logits, valid)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    loss.backward()
+    assert all(torch.isfinite(t.grad).all() for t in (z, items, logits))
+    assert items.grad[0, 2].abs().sum() == 0 and logits.grad[0, 0, 2] == 0
+
+
+def test_re_contrast_hand_value_uses_own_items_other_interests_and_the_previous_user():
+    # user 0: one interest z = [1, 0]; own items e1 = [1, 0] (positive), e2 = [0, 1]; user 1 (the "previous"
+    # user of user 0 after the roll) has one valid item [1, 0]. temp 1, one positive over B·K·L = 2·1·2 slots.
+    z = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    items = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]]])
+    valid = torch.tensor([[True, True], [True, False]])
+    positives = torch.tensor([[[True, False]], [[False, False]]])
+    # denominator of user 0: own cos [1, 0], no other interest, user 1's valid item cos 1 -> log(2e + 1)
+    expected = (math.log(2 * math.e + 1) - 1.0) / 4
+    assert re_contrast_loss(z, items, valid, positives, 1.0).item() == pytest.approx(expected, abs=1e-6)
+    # at temp 0.5 the similarities double
+    expected_half = (math.log(2 * math.e ** 2 + 1) - 2.0) / 4
+    assert re_contrast_loss(z, items, valid, positives, 0.5).item() == pytest.approx(expected_half, abs=1e-6)
+
+
+def test_re_construct_hand_value():
+    reconstruction = torch.zeros(1, 1, 2, 2)
+    items = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    positives = torch.tensor([[[True, False]]])
+    assert re_construct_loss(reconstruction, items, positives).item() == pytest.approx((1 + 4) / 4)
+
+
+def test_sampled_softmax_is_the_full_softmax_when_every_item_is_a_candidate_and_masks_accidental_hits():
+    torch.manual_seed(0)
+    user, items, targets = torch.randn(5, 4), torch.randn(12, 4), torch.tensor([1, 3, 3, 7, 11])
+    full = F.cross_entropy(user @ items[1:].T, targets - 1)
+    assert sampled_softmax_loss(user, items, targets, 11).item() == pytest.approx(full.item(), abs=1e-6)
+    assert sampled_softmax_loss(user, items, targets, 5000).item() == pytest.approx(full.item(), abs=1e-6)
+    torch.manual_seed(1)
+    sampled = sampled_softmax_loss(user, items, targets, 6)
+    torch.manual_seed(1)
+    candidates = torch.randperm(11)[:6] + 1
+    expected = torch.stack([
+        -F.log_softmax(torch.cat([user[b:b + 1] @ items[t:t + 1].T,
+                                  user[b:b + 1] @ items[candidates[candidates != t]].T], 1), 1)[0, 0]
+        for b, t in enumerate(targets.tolist())]).mean()
+    assert sampled.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.isfinite(sampled_softmax_loss(user, items, targets, 6, "log_uniform"))
+
+
+def _model(**weights):
+    config = {"USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
+              "ITEM_LIST_LENGTH_FIELD": "item_length", "NEG_PREFIX": "neg_", "MAX_ITEM_LIST_LENGTH": 4,
+              "device": "cpu", "embedding_size": 8, "n_interests": 3, "attn_size": 16, "loss_type": "SSM",
+              "n_negatives": 5000, "neg_distribution": "uniform", "t_cont": 0.02, "thre": -1,
+              **{f"{k}_lambda": weights.get(k, 0.1) for k in ("att", "ct", "cs")}}
+    torch.manual_seed(0)
+    return Re4(config, SimpleNamespace(num=lambda field: 20))
+
+
+def test_a_zero_weight_removes_its_term_and_its_parameters():
+    batch = {"item_id_list": torch.tensor([[3, 4, 5, 0], [7, 8, 0, 0]]), "item_length": torch.tensor([3, 2]),
+             "item_id": torch.tensor([9, 2])}
+    full = _model()
+    assert len(full.calculate_loss(batch)) == 4
+    no_cs = _model(cs=0)
+    assert no_cs.decoder is None and len(no_cs.calculate_loss(batch)) == 3
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in no_cs.parameters()) == \
+        sum(p.numel() for p in full.decoder.parameters())
+    base_only = _model(att=0, ct=0, cs=0)
+    base_only.load_state_dict(full.state_dict(), strict=False)  # same extractor, no decoder
+    loss = base_only.calculate_loss(batch)
+    assert torch.is_tensor(loss) and torch.equal(loss, full.calculate_loss(batch)[0])  # all negatives: no sampling
+
+
+def test_re4_and_comirec_ssm_through_run_recbole(tiny):
+    re4 = run_recbole(model="Re4", dataset="tiny", config_dict={**tiny, "n_negatives": 10})
+    comirec = run_recbole(model="ComiRec", dataset="tiny",
+                          config_dict={**tiny, "loss_type": "SSM", "n_negatives": 10, "train_neg_sample_args": None})
+    for result in (re4, comirec):
+        assert 0.0 <= result["test_result"]["ndcg@10"] <= result["test_result"]["hit@10"] <= 1.0
+
+
+def test_re4_loss_falls(tiny):
+    config = build_config("Re4", "tiny", config_dict={**tiny, "n_negatives": 10, "learning_rate": 0.01})
+    net, train, _, _ = _build(config)
+    trainer = resolve_trainer(config)(config, net)
+    losses = [sum(trainer._train_epoch(train, epoch)) for epoch in range(4)]
+    assert losses[-1] < losses[0]

@@ -37,6 +37,8 @@ from statistics import median
 
 import pandas as pd
 
+from common import launch  # benchmarks/common.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GROCERY = SHARED / "data" / "Grocery_and_Gourmet_Food"
@@ -141,15 +143,6 @@ def reference(spec: dict) -> dict:
             "dev_ndcg@5": [float(e[2]) for e in epochs], "peak_rss_mb": peak_rss_mb()}
 
 
-def launch(kind: str, spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, json.dumps(spec)], capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
-        return {"status": f"failed: {tail}"}
-    return {"status": "ok", **json.loads(lines[-1][len("RESULT "):])}
-
-
 def machine() -> str:
     try:
         name = next(ln.split(":", 1)[1].strip() for ln in subprocess.run(
@@ -251,13 +244,14 @@ def main() -> None:
         config = {**base, **settings}
         if name == "TiMiRec finetune":
             config["pretrain_path"] = pretrain_checkpoint
-        row = {"row": name, "device": device, "epochs": args.epochs, **launch("ours", {"model": model, "config": config})}
+        row = {"row": name, "device": device, "epochs": args.epochs,
+               **launch(__file__, "--child", "ours", json.dumps({"model": model, "config": config}))}
         if name == "TiMiRec pretrain":
             pretrain_checkpoint = row.get("checkpoint")
         if run_reference:
-            ref = launch("reference", {"src": str(work / "reference" / "src"), "data": str(work / "data"),
-                                       "flags": flags, "epochs": args.epochs, "gpu": "0" if args.gpu else "",
-                                       "log": str(work / f"{name.replace(' ', '_')}.log")})
+            ref = launch(__file__, "--child", "reference", json.dumps({
+                "src": str(work / "reference" / "src"), "data": str(work / "data"), "flags": flags,
+                "epochs": args.epochs, "gpu": "0" if args.gpu else "", "log": str(work / f"{name.replace(' ', '_')}.log")}))
             row.update({f"ref_{k}": v for k, v in ref.items()})
         row["dev"] = " ".join(f"{v:.4f}" for v in row.pop("dev_ndcg@5", []))
         row["ref_dev"] = " ".join(f"{v:.4f}" for v in row.pop("ref_dev_ndcg@5", [])) or "–"

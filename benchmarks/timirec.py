@@ -18,14 +18,14 @@ import argparse
 import json
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import yaml
+
+from common import launch  # benchmarks/common.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -102,14 +102,6 @@ def one_run(spec: dict) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_s": wall,
     }
-
-
-def launch(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        return {"status": f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}"}
-    return {"status": "ok", **json.loads(lines[-1][len("RESULT "):])}
 
 
 def summarise(frame: pd.DataFrame, out: Path) -> str:
@@ -214,8 +206,8 @@ def main() -> None:
                 row = {"dataset": dataset, "protocol": protocol, "preset": args.preset, "model": name, "seed": seed,
                        "budget_s": args.time_budget, "overrides": " ".join(args.set),
                        "train_neg": train_neg,
-                       **launch({"model": model, "dataset": dataset, "config": config, "curve": str(curve.resolve()),
-                                 "full_ranking": True})}
+                       **launch(__file__, "--one", json.dumps({"model": model, "dataset": dataset, "config": config,
+                                                               "curve": str(curve.resolve()), "full_ranking": True}))}
                 print(json.dumps(row), flush=True)
                 rows = pd.concat([pd.read_csv(csv), pd.DataFrame([row])]) if csv.exists() else pd.DataFrame([row])
                 rows.to_csv(csv, index=False)  # rewritten whole: rows with new columns stay aligned

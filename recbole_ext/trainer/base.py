@@ -76,8 +76,10 @@ class PluginTrainerMixin:
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, _, positive_u, positive_i = batched_data
-        if TARGETS in interaction:  # ComiRec protocol: RecBole scores it; add the order-aware NDCG
+        if TARGETS in interaction:  # ComiRec protocol: RecBole scores it; add the order-aware NDCG if asked for
             result = super()._full_sort_batch_eval(batched_data)
+            if not self.eval_collector.register.need(COMIREC_KEY):
+                return result
             top_items = result[1].topk(max(self.config["topk"]), dim=1).indices
             ndcg = comirec_ndcg(top_items, interaction[TARGETS].to(top_items.device), self.config["topk"])
             self.eval_collector.data_struct.update_tensor(COMIREC_KEY, ndcg)
@@ -98,6 +100,7 @@ class PluginTrainerMixin:
         started, budget = perf_counter(), self.config["time_budget"]
 
         def callback(epoch: int, score: float) -> None:
+            self.logger.info(self._progress(epoch, started))
             if callback_fn:
                 callback_fn(epoch, score)
             last = self.valid_scores[-10:]
@@ -107,12 +110,8 @@ class PluginTrainerMixin:
             if budget and perf_counter() - started > budget:
                 raise _Stop(f"time_budget of {budget}s reached")
 
-        def progress(epoch: int, score: float) -> None:
-            self.logger.info(self._progress(epoch, started))
-            callback(epoch, score)
-
         try:
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, progress)
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback)
         except _Stop as stop:
             self.logger.info(f"Finished training: {stop}")
             return self.best_valid_score, self.best_valid_result

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from recbole.quick_start import run_recbole
 
-from recbole_ext.model.layers import sampled_softmax_loss
+from recbole_ext.model.layers import MultiInterestExtractor, sampled_softmax_loss
 from recbole_ext.model.sequential.re4 import (
-    Re4, attended_items, newest_first, re_attend_loss, re_construct_loss, re_contrast_loss,
+    Decoder, Re4, attended_items, newest_first, re_attend_loss, re_construct_loss, re_contrast_loss,
 )
 from recbole_ext.quick_start import _build, build_config
 from recbole_ext.trainer.base import resolve_trainer
@@ -59,6 +59,37 @@ def test_re_construct_hand_value():
     items = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
     positives = torch.tensor([[[True, False]]])
     assert re_construct_loss(reconstruction, items, positives).item() == pytest.approx((1 + 4) / 4)
+
+
+def test_folded_decoder_is_the_reference_decoder():
+    torch.manual_seed(0)
+    b, k, length, d = 3, 2, 4, 5
+    decoder = Decoder(d, length)
+    z = torch.randn(b, k, d, requires_grad=True)
+    valid = torch.arange(length).unsqueeze(0) < torch.tensor([[4], [2], [1]])
+    # the reference's order: R0 = fc_cons(z) as L proposals, slot logits W3_2 tanh(W3 R0ᵀ), values R0 W5
+    proposals = decoder.fc_cons(z).view(b, k, length, d)
+    logits = decoder.W3_2(torch.tanh(decoder.W3(proposals))).transpose(-1, -2)
+    expected = torch.softmax(logits.masked_fill(~valid[:, None, None, :], float("-inf")), -1) @ decoder.W5(proposals)
+    folded = decoder(z, valid)
+    assert torch.allclose(folded, expected, atol=1e-5)
+    weights = [z, decoder.fc_cons.weight, decoder.W3.weight, decoder.W5.weight]
+    for ours, theirs in zip(torch.autograd.grad(folded.square().sum(), weights),
+                            torch.autograd.grad(expected.square().sum(), weights)):
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_per_item_extractor_path_equals_per_position_computation():
+    torch.manual_seed(0)
+    extractor = MultiInterestExtractor(6, 4, 8, 3, 5, add_pos=False, aggregate="raw", bias=False, value_proj=True)
+    seq, lengths = torch.tensor([[1, 2, 3, 0, 0], [5, 5, 4, 2, 1]]), torch.tensor([3, 5])
+    assert extractor.item_embedding.num_embeddings < seq.numel()  # the per-item path is taken
+    interests, attention, logits = extractor(seq, lengths, details=True)
+    e = extractor.item_embedding(seq)
+    expected_logits = extractor.W2(torch.tanh(extractor.W1(e))).transpose(1, 2).masked_fill(
+        (seq == 0).unsqueeze(1), float("-inf"))
+    assert torch.allclose(logits, expected_logits, atol=1e-6)
+    assert torch.allclose(interests, torch.softmax(expected_logits, -1) @ extractor.value(e), atol=1e-6)
 
 
 def test_sampled_softmax_is_the_full_softmax_when_every_item_is_a_candidate_and_masks_accidental_hits():

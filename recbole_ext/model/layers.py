@@ -101,16 +101,26 @@ class MultiInterestExtractor(nn.Module):
 
     def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor, details: bool = False):
         mask = item_seq > 0  # [B, L]
-        raw = self.item_embedding(item_seq)  # [B, L, d]
-        h = raw
-        if self.position_embedding is not None:
-            h = h + self.position_embedding(reversed_positions(item_seq, lengths))
-        if self.transformer is not None:
-            h = self.transformer(h, mask)  # padding rows come back zero
-        logits = self.W2(torch.tanh(self.W1(h))).transpose(1, 2).masked_fill(~mask.unsqueeze(1), float("-inf"))
+        if self.position_embedding is None and self.transformer is None \
+                and self.item_embedding.num_embeddings < item_seq.numel():
+            # Each position's logits and value depend on its item alone: compute them once per item of the
+            # table and gather (the same numbers; less work whenever the catalogue is smaller than B·L).
+            table = self.item_embedding.weight
+            logits = F.embedding(item_seq, self.W2(torch.tanh(self.W1(table))))  # [B, L, K]
+            values = F.embedding(item_seq, table if self.value is None else self.value(table))
+        else:
+            raw = self.item_embedding(item_seq)  # [B, L, d]
+            h = raw
+            if self.position_embedding is not None:
+                h = h + self.position_embedding(reversed_positions(item_seq, lengths))
+            if self.transformer is not None:
+                h = self.transformer(h, mask)  # padding rows come back zero
+            logits = self.W2(torch.tanh(self.W1(h)))
+            values = h if self.aggregate == "encoded" else raw
+            values = values if self.value is None else self.value(values)
+        logits = logits.transpose(1, 2).masked_fill(~mask.unsqueeze(1), float("-inf"))
         attention = torch.softmax(logits, dim=-1)  # [B, K, L]
-        values = h if self.aggregate == "encoded" else raw
-        interests = attention @ (values if self.value is None else self.value(values))  # [B, K, d]
+        interests = attention @ values  # [B, K, d]
         return (interests, attention, logits) if details else interests
 
 

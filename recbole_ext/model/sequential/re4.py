@@ -93,7 +93,11 @@ def re_construct_loss(reconstruction: torch.Tensor, items: torch.Tensor, positiv
 
 class Decoder(nn.Module):
     """ReConstruct's decoder: interest z -> L proposals R0 = fc_cons(z) -> slot attention
-    ``softmax_j(W3_2 tanh(W3 R0ᵀ))`` over the real positions j -> slots ``· (R0 W5)``. [B, K, d], [B, L] -> [B, K, L, d]"""
+    ``softmax_j(W3_2 tanh(W3 R0ᵀ))`` over the real positions j -> slots ``x̂ = attention · (R0 W5)``.
+
+    W3 and W5 act on fc_cons's output, so they are folded into it (``W3·fc_cons`` and ``W5·fc_cons``, two
+    [L·d, d] maps built per step) and R0 itself is never formed: the reference's parameters and function, two
+    thirds of its largest matmuls. [B, K, d], [B, L] -> [B, K, L, d]"""
 
     def __init__(self, d: int, max_len: int):
         super().__init__()
@@ -102,12 +106,18 @@ class Decoder(nn.Module):
         self.W3, self.W3_2, self.W5 = (nn.Linear(d, d, bias=False), nn.Linear(d, max_len, bias=False),
                                        nn.Linear(d, d, bias=False))
 
+    def _folded(self, outer: nn.Linear, z: torch.Tensor) -> torch.Tensor:
+        """outer(fc_cons(z)) per proposal, as one linear map: [B, K, d] -> [B, K, L, d]"""
+        d = z.size(-1)
+        blocks = self.fc_cons.weight.view(self.max_len, d, d)  # proposal l = blocks[l] z + bias[l]
+        weight = (outer.weight @ blocks).reshape(-1, d)  # [L·d, d]
+        bias = self.fc_cons.bias.view(self.max_len, d) @ outer.weight.T
+        return F.linear(z, weight, bias.reshape(-1)).unflatten(-1, (self.max_len, d))
+
     def forward(self, interests: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        b, k, d = interests.shape
-        proposals = self.fc_cons(interests).view(b, k, self.max_len, d)  # R0: [B, K, L(j), d]
-        slot_logits = self.W3_2(torch.tanh(self.W3(proposals))).transpose(-1, -2)  # [B, K, L(s), L(j)]
+        slot_logits = self.W3_2(torch.tanh(self._folded(self.W3, interests))).transpose(-1, -2)  # [B, K, L(s), L(j)]
         slot_logits = slot_logits.masked_fill(~valid[:, None, None, :], float("-inf"))
-        return torch.softmax(slot_logits, dim=-1) @ self.W5(proposals)
+        return torch.softmax(slot_logits, dim=-1) @ self._folded(self.W5, interests)
 
 
 class Re4(SequentialRecommender):

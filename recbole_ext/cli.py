@@ -1,7 +1,7 @@
 """``run_recbole_ext.py``: RecBole's ``run_recbole.py`` flags plus dataset conversion and listing.
 
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
-    python run_recbole_ext.py --convert=ml-1m --src=PATH/ml-1m [--dataset=ml-1m] [--data_path=dataset/]
+    python run_recbole_ext.py --convert=ml-1m|rechorus|comirec --src=PATH [--dataset=NAME] [--data_path=dataset/]
     python run_recbole_ext.py --list
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --tune=space.yaml [--num_samples=N --scheduler=asha ...]
 
@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", "-d", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
     p.add_argument("--config_files", default=None, help="space-separated YAML files")
     p.add_argument("--list", action="store_true", help="list plugin and RecBole models, protocols, local datasets")
-    p.add_argument("--convert", choices=["ml-1m", "rechorus"], help="convert raw files to atomic files and exit")
+    p.add_argument("--convert", choices=["ml-1m", "rechorus", "comirec"],
+                   help="convert raw files (MovieLens-1M .dat, a ReChorus folder, ComiRec's split) and exit")
     p.add_argument("--src", help="folder with the raw files for --convert")
     p.add_argument("--data_path", default=None, help="where atomic datasets live (RecBole's data_path, default dataset/)")
     t = p.add_argument_group("Ray Tune sweep (--tune)")
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--convert needs --src=FOLDER with the raw files")
             default_name = "ml-1m" if args.convert == "ml-1m" else Path(args.src).name
             out = CONVERTERS[args.convert](args.src, args.data_path or "dataset", args.dataset or default_name)
-            print(f"wrote {out}/ ; train with: python run_recbole_ext.py --model=MODEL --dataset={out.name}")
+            protocol = " --protocol=comirec" if args.convert == "comirec" else ""
+            print(f"wrote {out}/ ; train with: python run_recbole_ext.py --model=MODEL --dataset={out.name}{protocol}")
             return 0
         import recbole_ext
 

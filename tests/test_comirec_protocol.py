@@ -3,14 +3,17 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from recbole.evaluator import Collector, Evaluator
 from recbole.quick_start import run_recbole
 
 from recbole_ext.data.comirec import TARGETS, eval_rows
+from recbole_ext.data.convert import convert_comirec
 from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.quick_start import _build, build_config
+from conftest import FAST
 
 
 def test_eval_row_is_the_first_80_percent_and_targets_the_rest():
@@ -86,3 +89,56 @@ def test_re4_comirec_and_timirec_under_the_protocol(tiny):
         test = result["test_result"]
         assert set(test) == {f"{m}@{k}" for m in ("recall", "ndcg", "hit", "comirecndcg") for k in (5, 10)}
         assert test["recall@10"] <= test["hit@10"] and test["recall@5"] <= test["recall@10"]
+
+
+def _users_of(loader) -> set[str]:
+    ds = loader._dataset
+    return {ds.field2id_token["user_id"][u] for u in ds.inter_feat["user_id"].tolist()}
+
+
+def test_filter_is_one_pass_items_then_users(tmp_path, tiny):
+    # 30 tiny users with 10 items each, plus: item "rare" seen by 3 users and "short" (dropped, < 5); user "short" with 5
+    # items, one of them "rare" (4 left after the item filter: dropped); item "edge" seen by "short" and 4 others
+    # (5 raw interactions: kept, though only 4 remain once "short" goes, since items are not re-checked)
+    frame = pd.read_csv(tmp_path / "data" / "tiny" / "tiny.inter", sep="\t")
+    extra = [(f"u{u}", "rare", 99_000 + u) for u in range(1, 4)] + [(f"u{u}", "edge", 99_100 + u) for u in range(5, 9)]
+    extra += [("short", item, 99_200 + t) for t, item in enumerate(["rare", "edge", "i1", "i2", "i3"])]
+    frame = pd.concat([frame, pd.DataFrame(extra, columns=frame.columns)])
+    frame.to_csv(tmp_path / "data" / "tiny" / "tiny.inter", sep="\t", index=False)
+    config = build_config("ComiRec", "tiny", config_dict={**tiny, "protocol": "comirec"})
+    _, train, valid, test = _build(config)
+    items = set(train._dataset.field2id_token["item_id"])
+    users = _users_of(train) | _users_of(valid) | _users_of(test)
+    assert "rare" not in items and "edge" in items
+    assert "short" not in users and len(users) == 30
+
+
+def _comirec_files(folder, parts: dict[str, list[int]]) -> None:
+    folder.mkdir(parents=True)
+    for part, users in parts.items():
+        lines = [f"{u},{(u * 7 + t) % 40 + 1},{t}" for u in users for t in range(10)]
+        if part == "test":
+            lines.append(f"{users[0]},999,10")  # item 999: one interaction, kept as ComiRec wrote it
+        (folder / f"toy_{part}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_converted_comirec_split_is_kept_and_not_refiltered(tmp_path):
+    parts = {"train": list(range(1, 25)), "valid": [25, 26, 27], "test": [28, 29, 30]}
+    _comirec_files(tmp_path / "raw", parts)
+    convert_comirec(tmp_path / "raw", tmp_path / "data", "toy")
+    config = build_config("Re4", "toy", config_dict={**FAST, "data_path": str(tmp_path / "data"),
+                                                     "protocol": "comirec", "n_negatives": 10})
+    _, train, valid, test = _build(config)
+    for loader, part in zip((train, valid, test), ("train", "valid", "test")):
+        assert _users_of(loader) == {str(u) for u in parts[part]}
+    assert "999" in train._dataset.field2id_token["item_id"]
+    assert (test._dataset.comirec_targets == train._dataset.field2token_id["item_id"]["999"]).sum() == 1
+
+
+def test_malformed_comirec_line_is_named_and_nothing_is_written(tmp_path):
+    _comirec_files(tmp_path / "raw", {"train": [1, 2], "valid": [3], "test": [4]})
+    with open(tmp_path / "raw" / "toy_valid.txt", "a") as f:
+        f.write("5,17\n")
+    with pytest.raises(ValueError, match=r"toy_valid.txt: line 11 "):
+        convert_comirec(tmp_path / "raw", tmp_path / "data", "toy")
+    assert not (tmp_path / "data" / "toy").exists()

@@ -1,10 +1,12 @@
 """The ComiRec multi-interest protocol (``eval_protocol: comirec``, preset ``protocol: comirec``; specs/re4.md §3).
 
-* Filtering, one pass as ComiRec's preprocessing: items with ≥ 5 interactions (RecBole's
-  ``item_inter_num_interval``, which cannot cascade without a user filter), then users with ≥
-  ``comirec_min_user_inter`` interactions on the kept items, dropped here without re-checking items.
+* Filtering, one pass as ComiRec's preprocessing (:func:`comirec_filter`, not RecBole's iterated filter): items
+  with ≥ ``comirec_min_item_inter`` interactions, then users with ≥ ``comirec_min_user_inter`` interactions on the
+  kept items; items are not re-checked. It runs where RecBole's own filter runs, before ids are remapped.
 * A **user-disjoint** split: the users are shuffled with ``comirec_split_seed`` and cut 80/10/10
-  (``comirec_split``); each user's whole sequence belongs to one part.
+  (``comirec_split``); each user's whole sequence belongs to one part. Data converted from ComiRec's own files
+  (``--convert=comirec``) carry each user's part in the ``comirec_part`` field: that split is kept and the
+  filter is skipped (ComiRec's preprocessing has already run).
 * Training: every prefix of every train user's sequence predicts its next item (RecBole's own sequential
   augmentation, history truncated to the last ``MAX_ITEM_LIST_LENGTH`` items).
 * Valid/test: one row per user; the history is the first ``int(0.8·n)`` items (``comirec_history_ratio``; the
@@ -26,6 +28,18 @@ from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.data.interaction import Interaction
 
 TARGETS = "comirec_targets"
+PART = "comirec_part"  # train | valid | test per interaction, written by the comirec converter
+
+
+def comirec_filter(dataset) -> None:
+    """ComiRec's one-pass filter on the loaded interactions (a DataFrame; before RecBole remaps ids)."""
+    feat, config = dataset.inter_feat, dataset.config
+    if PART in feat:
+        return
+    items, users = feat[dataset.iid_field], feat[dataset.uid_field]
+    keep = items.map(items.value_counts()) >= (config["comirec_min_item_inter"] or 0)
+    keep &= users.map(users[keep].value_counts()).fillna(0) >= (config["comirec_min_user_inter"] or 0)
+    dataset.inter_feat = feat[keep]
 
 
 def split_users(users: np.ndarray, seed: int, ratios: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,9 +69,12 @@ def comirec_build(dataset) -> list:
     if len(users) > 1 and (np.diff(users) < 0).any():
         raise ValueError("comirec protocol: the interactions must be sorted by user (RecBole's augmentation does)")
     ids, start, counts = np.unique(users, return_index=True, return_counts=True)
-    enough = counts + 1 >= (config["comirec_min_user_inter"] or 1)
-    train_users, valid_users, test_users = split_users(ids[enough], int(config["comirec_split_seed"]),
-                                                       list(config["comirec_split"]))
+    if PART in feat:
+        part = np.asarray(dataset.field2id_token[PART])[feat[PART].numpy()[start]]
+        train_users, valid_users, test_users = (ids[part == name] for name in ("train", "valid", "test"))
+    else:
+        train_users, valid_users, test_users = split_users(ids, int(config["comirec_split_seed"]),
+                                                           list(config["comirec_split"]))
     parts = [dataset.copy(feat[torch.as_tensor(np.nonzero(np.isin(users, train_users))[0])])]
     items = feat[dataset.iid_field]
     for part in (valid_users, test_users):

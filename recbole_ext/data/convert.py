@@ -11,6 +11,9 @@ complete).
   interactions are written train, dev, test in file order (RecBole's stable time sort then rebuilds ReChorus's
   sequences, ties included), and the fixed negatives go to ``<name>.valid.neg`` / ``<name>.test.neg``, which
   the fixed-negatives protocol reads and checks against RecBole's leave-one-out split.
+* ``comirec``: ComiRec's preprocessed files (``<x>_train.txt``/``_valid.txt``/``_test.txt``, ``user,item,rank`` per
+  line, as ComiRec's ``preprocess/data.py`` writes them) -> one ``name.inter`` whose ``comirec_part`` field keeps
+  each user's part; ``protocol: comirec`` then uses that split and skips its filter (already applied).
 """
 
 from __future__ import annotations
@@ -128,4 +131,37 @@ def convert_rechorus(src: str | Path, data_path: str | Path = "dataset", name: s
     return _publish(build, data_path, name)
 
 
-CONVERTERS = {"ml-1m": convert_ml1m, "rechorus": convert_rechorus}
+def _read_comirec(path: Path) -> pd.DataFrame:
+    """One ComiRec split file -> user, item, rank (strings); a malformed line is named by file and line."""
+    try:
+        frame = pd.read_csv(path, sep=",", header=None, names=["user", "item", "rank"], dtype=str,
+                            keep_default_na=False)
+    except pd.errors.ParserError as exc:  # pandas names the line ("Expected 3 fields in line 7, saw 4")
+        raise ValueError(f"{path}: {str(exc).split('. ', 1)[-1].strip()} (need user,item,rank)") from None
+    bad = (frame == "").any(axis=1) | ~frame["rank"].str.fullmatch(r"\d+")
+    if bad.any():
+        line = int(bad.to_numpy().argmax()) + 1
+        raise ValueError(f"{path}: line {line} is not user,item,rank with an integer rank: "
+                         f"{','.join(frame.iloc[line - 1])!r}")
+    return frame
+
+
+def convert_comirec(src: str | Path, data_path: str | Path = "dataset", name: str | None = None) -> Path:
+    """ComiRec's preprocessed split -> ``name.inter`` (user_id, item_id, timestamp = the rank, comirec_part)."""
+    src = Path(src)
+    name = name or src.name
+    parts = []
+    for part in ("train", "valid", "test"):
+        found = sorted(src.glob(f"*_{part}.txt"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{src}: need exactly one *_{part}.txt (ComiRec's preprocessed split), "
+                                    f"found {len(found)}")
+        parts.append(_read_comirec(found[0]).assign(part=part))
+    inter = pd.concat(parts, ignore_index=True)
+    if inter.groupby("user")["part"].nunique().max() > 1:
+        raise ValueError(f"{src}: a user appears in two parts; ComiRec's split is user-disjoint")
+    inter.columns = ["user_id:token", "item_id:token", "timestamp:float", "comirec_part:token"]
+    return _publish(lambda tmp: _write_atomic(inter, tmp / "__NAME__.inter"), data_path, name)
+
+
+CONVERTERS = {"ml-1m": convert_ml1m, "rechorus": convert_rechorus, "comirec": convert_comirec}

@@ -26,7 +26,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_ext.data.comirec import ComiRecEvalDataLoader, comirec_build
+from recbole_ext.data.comirec import ComiRecEvalDataLoader, comirec_build, comirec_filter
 
 CANDIDATES = "candidates"
 PHASES = {"valid": 1, "test": 2}
@@ -146,8 +146,8 @@ def _protocol_on(config) -> bool:
 
 
 def install_hooks() -> None:
-    """Wrap ``recbole.data.utils.create_samplers``, ``get_dataloader`` and ``SequentialDataset.build`` once (they
-    delegate when no plugin protocol is on): the fixed-negatives protocol here, the ComiRec protocol of
+    """Wrap ``recbole.data.utils.create_samplers``, ``get_dataloader``, ``SequentialDataset.build`` and its
+    ``_filter_by_inter_num`` once (they delegate when no plugin protocol is on): the fixed-negatives protocol here, the ComiRec protocol of
     :mod:`recbole_ext.data.comirec`, and the fast train loader of sequential models
     (:mod:`recbole_ext.data.sequential`)."""
     import recbole.data.utils as data_utils
@@ -180,9 +180,14 @@ def install_hooks() -> None:
     create_samplers_hook._recbole_ext = get_dataloader_hook._recbole_ext = True
     data_utils.create_samplers, data_utils.get_dataloader = create_samplers_hook, get_dataloader_hook
 
-    build = SequentialDataset.build
+    build, inter_num_filter = SequentialDataset.build, SequentialDataset._filter_by_inter_num
 
     def build_hook(self):
         return comirec_build(self) if eval_protocol(self.config) == "comirec" else build(self)
 
-    SequentialDataset.build = build_hook
+    def filter_hook(self):  # ComiRec's one-pass filter first; RecBole's intervals still apply when set
+        if eval_protocol(self.config) == "comirec":
+            comirec_filter(self)
+        inter_num_filter(self)
+
+    SequentialDataset.build, SequentialDataset._filter_by_inter_num = build_hook, filter_hook

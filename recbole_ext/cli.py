@@ -1,7 +1,7 @@
 """``run_recbole_ext.py``: RecBole's ``run_recbole.py`` flags plus dataset conversion and listing.
 
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
-    python run_recbole_ext.py --convert=ml-1m|rechorus|comirec --src=PATH [--dataset=NAME] [--data_path=dataset/]
+    python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm --src=PATH [--dataset=NAME] [--data_path=dataset/]
     python run_recbole_ext.py --list
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --tune=space.yaml [--num_samples=N --scheduler=asha ...]
 
@@ -25,8 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", "-d", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
     p.add_argument("--config_files", default=None, help="space-separated YAML files")
     p.add_argument("--list", action="store_true", help="list plugin and RecBole models, protocols, local datasets")
-    p.add_argument("--convert", choices=["ml-1m", "rechorus", "comirec"],
-                   help="convert raw files (MovieLens-1M .dat, a ReChorus folder, ComiRec's split) and exit")
+    p.add_argument("--convert", choices=["ml-1m", "rechorus", "comirec", "libfm"],
+                   help="convert raw files (MovieLens-1M .dat, a ReChorus folder, ComiRec's split, libFM) and exit")
+    p.add_argument("--fields", help="--convert=libfm: comma-separated field names, one per position")
+    p.add_argument("--field_map", help="--convert=libfm: a file of 'name first_index last_index' lines, one per field")
     p.add_argument("--src", help="folder with the raw files for --convert")
     p.add_argument("--data_path", default=None, help="where atomic datasets live (RecBole's data_path, default dataset/)")
     t = p.add_argument_group("Ray Tune sweep (--tune)")
@@ -94,8 +96,16 @@ def main(argv: list[str] | None = None) -> int:
             if not args.src:
                 raise ValueError("--convert needs --src=FOLDER with the raw files")
             default_name = "ml-1m" if args.convert == "ml-1m" else Path(args.src).name
-            out = CONVERTERS[args.convert](args.src, args.data_path or "dataset", args.dataset or default_name)
-            protocol = " --protocol=comirec" if args.convert == "comirec" else ""
+            extra = {}
+            if args.convert == "libfm":
+                extra["fields"] = args.fields.split(",") if args.fields else None
+                if args.field_map:
+                    rows = [line.split() for line in Path(args.field_map).read_text().splitlines() if line.strip()]
+                    if any(len(row) != 3 or not (row[1].isdigit() and row[2].isdigit()) for row in rows):
+                        raise ValueError(f"{args.field_map}: each line must be 'name first_index last_index'")
+                    extra["field_map"] = [(row[0], int(row[1]), int(row[2])) for row in rows]
+            out = CONVERTERS[args.convert](args.src, args.data_path or "dataset", args.dataset or default_name, **extra)
+            protocol = {"comirec": " --protocol=comirec", "libfm": " --protocol=libfm"}.get(args.convert, "")
             print(f"wrote {out}/ ; train with: python run_recbole_ext.py --model=MODEL --dataset={out.name}{protocol}")
             return 0
         import recbole_ext

@@ -33,7 +33,7 @@ def load_dataset(config: Config):
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DatasetNotFound(
             f"dataset {config['dataset']!r} is not in {folder}/ and could not be downloaded ({reason}); "
-            f"convert local raw files with: python run_recbole_ext.py --convert=ml-1m|rechorus|comirec --src=RAW_DIR "
+            f"convert local raw files with: python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm --src=RAW_DIR "
             f"--dataset={config['dataset']}") from None
 
 

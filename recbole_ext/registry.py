@@ -124,7 +124,7 @@ def register_all() -> None:
         register_model(cls, trainers.get(name))
     _wrap_config()
     from recbole_ext.data.protocol import install_hooks
-    from recbole_ext.evaluation.comirec import register_metrics
+    from recbole_ext.evaluation import register_metrics
 
     install_hooks()
     register_metrics()

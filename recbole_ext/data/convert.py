@@ -14,6 +14,10 @@ complete).
 * ``comirec``: ComiRec's preprocessed files (``<x>_train.txt``/``_valid.txt``/``_test.txt``, ``user,item,rank`` per
   line, as ComiRec's ``preprocess/data.py`` writes them) -> one ``name.inter`` whose ``comirec_part`` field keeps
   each user's part; ``protocol: comirec`` then uses that split and skips its filter (already applied).
+* ``libfm``: libFM files (``*train*.libfm``, ``*valid*.libfm``, ``*test*.libfm``; ``label idx:1 idx:1 ...`` with one
+  index per field) -> ``name.train.inter`` / ``.valid.inter`` / ``.test.inter`` (``label:float`` and one token field
+  per libFM field, the split kept as RecBole benchmark files, ``protocol: libfm``). Fields come from a field map
+  (name and index range per field) or, without one, from the positions, each position's index range inferred.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 
@@ -164,4 +169,84 @@ def convert_comirec(src: str | Path, data_path: str | Path = "dataset", name: st
     return _publish(lambda tmp: _write_atomic(inter, tmp / "__NAME__.inter"), data_path, name)
 
 
-CONVERTERS = {"ml-1m": convert_ml1m, "rechorus": convert_rechorus, "comirec": convert_comirec}
+def _read_libfm(path: Path) -> tuple[list[str], list[list[int]]]:
+    """Labels and per-line feature indices of one libFM file; a bad line is named by file and line."""
+    labels, rows, width = [], [], None
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            try:
+                float(tokens[0])
+                indices = [int(token.split(":", 1)[0]) for token in tokens[1:]]
+            except ValueError:
+                raise ValueError(f"{path}: line {number}: need 'label idx:value ...' with a numeric label and "
+                                 f"integer indices, got {line.strip()[:80]!r}") from None
+            width = len(indices) if width is None else width
+            if len(indices) != width or not indices:
+                raise ValueError(f"{path}: line {number} has {len(indices)} features, the file's first line {width}")
+            labels.append(tokens[0])
+            rows.append(indices)
+    return labels, rows
+
+
+def convert_libfm(src: str | Path, data_path: str | Path = "dataset", name: str | None = None,
+                  field_map: list[tuple[str, int, int]] | None = None, fields: list[str] | None = None) -> Path:
+    """libFM split -> atomic benchmark files. ``field_map``: (name, first index, last index) per field, indices
+    assigned by range; without it, position m is field m and ``fields`` names them (default user_id, item_id,
+    field_3, ...)."""
+    src = Path(src)
+    name = name or src.name
+    files = {}
+    for part, pattern in (("train", "*train*.libfm"), ("valid", "*valid*.libfm"), ("test", "*test*.libfm")):
+        found = sorted(src.glob(pattern))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{src}: need exactly one {pattern}, found {len(found)}")
+        files[part] = found[0]
+    parsed = {part: _read_libfm(path) for part, path in files.items()}
+    widths = {len(rows[0]) for _, rows in parsed.values() if rows}
+    if len(widths) != 1:
+        raise ValueError(f"{src}: the files have different numbers of fields per line: {sorted(widths)}")
+    width = widths.pop()
+    frames = {part: pd.DataFrame(rows) for part, (_, rows) in parsed.items()}
+    if field_map is None:
+        names = fields or ["user_id", "item_id", *(f"field_{m + 1}" for m in range(2, width))]
+        if len(names) != width:
+            raise ValueError(f"{src}: {len(names)} field names for {width} fields per line")
+        every = pd.concat(frames.values())
+        lows, highs = every.min().to_numpy(), every.max().to_numpy()
+        order = lows.argsort()
+        if (lows[order][1:] <= highs[order][:-1]).any():
+            raise ValueError(f"{src}: the positions' index ranges overlap, so fields cannot be inferred; "
+                             "give a field map (name first last per field)")
+    else:
+        names = [entry[0] for entry in field_map]
+        lows = np.array([entry[1] for entry in field_map])
+        order = lows.argsort()
+        for part, frame in frames.items():
+            values = frame.to_numpy()
+            slot = np.searchsorted(lows[order], values, side="right") - 1
+            field = order[slot.clip(0)]
+            outside = (slot < 0) | (values > np.array([entry[2] for entry in field_map])[field])
+            if outside.any() or len(field_map) != width:
+                line = int(outside.any(axis=1).argmax()) + 1 if outside.any() else 1
+                raise ValueError(f"{files[part]}: line {line} has an index outside every field of the map "
+                                 f"({len(field_map)} fields for {width} per line)")
+            arranged = np.full_like(values, -1)
+            np.put_along_axis(arranged, field, values, axis=1)
+            if (arranged < 0).any():
+                line = int((arranged < 0).any(axis=1).argmax()) + 1
+                raise ValueError(f"{files[part]}: line {line} has two indices in one field")
+            frames[part] = pd.DataFrame(arranged)
+
+    def build(tmp: Path) -> None:
+        for part, frame in frames.items():
+            out = frame.astype(str).set_axis([f"{n}:token" for n in names], axis=1)
+            out.insert(0, "label:float", parsed[part][0])
+            _write_atomic(out, tmp / f"__NAME__.{part}.inter")
+
+    return _publish(build, data_path, name)
+
+
+CONVERTERS = {"ml-1m": convert_ml1m, "rechorus": convert_rechorus, "comirec": convert_comirec, "libfm": convert_libfm}

@@ -51,17 +51,3 @@ class ComiRecNDCG(AbstractMetric):
         values = dataobject.get(KEY)  # [U, len(topk)]
         return {f"comirecndcg@{k}": round(values[:, i].mean().item(), self.decimal_place)
                 for i, k in enumerate(self.topk)}
-
-
-def register_metrics() -> None:
-    """Make ``ComiRecNDCG`` a RecBole metric: the tables ``recbole.evaluator.register`` builds at import from
-    ``recbole.evaluator.metrics`` (Config validates ``metrics`` against them, the Evaluator instantiates from
-    them), updated in place."""
-    import recbole.evaluator.metrics as metrics
-    import recbole.evaluator.register as register
-
-    name = ComiRecNDCG.__name__.lower()
-    setattr(metrics, ComiRecNDCG.__name__, ComiRecNDCG)
-    register.metrics_dict[name] = ComiRecNDCG
-    register.metric_information[name] = ComiRecNDCG.metric_need
-    register.metric_types[name] = ComiRecNDCG.metric_type

@@ -179,3 +179,71 @@ def sampled_softmax_loss(user: torch.Tensor, items: torch.Tensor, targets: torch
     negative = negative.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
     logits = torch.cat([positive, negative], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+class InteractionAwarePairs(nn.Module):
+    """The interaction-aware pair layer of IFM / INN / DeepIFM (Hong et al., AAAI'19; specs/ifm.md §1.3, §3.2).
+
+    For every field pair p = (i, j), i < j (pairs inside one ``field_groups`` group are skipped, DeepIFM's
+    ``dim_to_field``): the feature-interaction vector ``q_p = e_i ⊙ e_j``; the **feature aspect**, an attention
+    ``a = softmax_p(hᵀ act(W q_p / T + b))`` (T divides W q only, as the reference); the **field aspect**, a
+    prototype per field pair ``u_p = Ψᵀ(φ_i ⊙ φ_j)`` from k_F-dimensional field embeddings Φ [M, k_F] and a shared
+    projection Ψ [k_F, K]. With ``sample_size`` only that many pairs are used, drawn without replacement with
+    probability ∝ ‖u_p‖² by the Gumbel-top-k trick, before any product is formed, the attention renormalised over
+    them (DeepIFM's sampling; the reference's switch never fires, §3.3). All pairs are one gather, no loop.
+
+    Initialisation as IFM.py: W and b ~ N(0, 2/(t + K)), h, Φ, Ψ ~ N(0, 1).
+    e: [B, M, K] -> attention a [B, P], interactions q [B, P, K], prototypes U [P, K]
+    """
+
+    def __init__(self, n_fields: int, d: int, attention_size: int, field_factor_size: int, temperature: float,
+                 activation: str = "relu", field_groups: list[int] | None = None):
+        super().__init__()
+        groups = torch.as_tensor(field_groups if field_groups is not None else range(n_fields))
+        if len(groups) != n_fields:
+            raise ValueError(f"field_groups: {len(groups)} entries for {n_fields} fields; give one group per field")
+        row, col = torch.triu_indices(n_fields, n_fields, 1)
+        keep = groups[row] != groups[col]
+        self.register_buffer("row", row[keep], persistent=False)
+        self.register_buffer("col", col[keep], persistent=False)
+        self.temperature = temperature
+        self.activation = {"relu": torch.relu, "tanh": torch.tanh}[activation]
+        self.W = nn.Linear(d, attention_size, bias=False)
+        self.b = nn.Parameter(torch.empty(attention_size))
+        self.h = nn.Parameter(torch.empty(attention_size))
+        self.phi = nn.Parameter(torch.empty(n_fields, field_factor_size))
+        self.psi = nn.Parameter(torch.empty(field_factor_size, d))
+        std = math.sqrt(2.0 / (attention_size + d))
+        nn.init.normal_(self.W.weight, 0.0, std)
+        nn.init.normal_(self.b, 0.0, std)
+        for weight in (self.h, self.phi, self.psi):
+            nn.init.normal_(weight)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.row)
+
+    def prototypes(self, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        """u_p for the given pairs: [P] x2 -> [P, K]"""
+        return (self.phi[row] * self.phi[col]) @ self.psi
+
+    def forward(self, e: torch.Tensor, sample_size: int | None = None):
+        row, col = self.row, self.col
+        if sample_size is not None and sample_size < len(row):
+            with torch.no_grad():  # Gumbel-top-k over log ‖u_p‖²: sampling without replacement ∝ ‖u_p‖²
+                importance = self.prototypes(row, col).pow(2).sum(-1).log()
+                gumbel = -torch.empty_like(importance).exponential_().log()
+                chosen = (importance + gumbel).topk(sample_size).indices
+            row, col = row[chosen], col[chosen]
+        q = e[:, row] * e[:, col]  # [B, P, K]
+        logits = self.activation(self.W(q) / self.temperature + self.b) @ self.h  # [B, P]
+        return torch.softmax(logits, dim=1), q, self.prototypes(row, col)
+
+
+def relu_mlp(width: int, hidden_sizes: list[int]) -> nn.Sequential:
+    """Linear + ReLU per hidden size, then one linear output unit: [..., width] -> [..., 1]"""
+    layers: list[nn.Module] = []
+    for hidden in hidden_sizes:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, 1))

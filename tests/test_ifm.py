@@ -1,0 +1,183 @@
+"""IFM / INN / DeepIFM: the pair layer by hand, parameter counts, FM warm start, ClippedRMSE, the CTR and libFM
+protocols on hand-made data, and runs through RecBole's run_recbole."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from recbole.quick_start import run_recbole
+from recbole.utils import init_seed
+
+from conftest import FAST
+from recbole_ext.data.convert import convert_libfm
+from recbole_ext.evaluation import ClippedRMSE
+from recbole_ext.model.layers import InteractionAwarePairs
+from recbole_ext.quick_start import _build, build_config
+from recbole_ext.trainer.base import resolve_trainer
+
+CTR = {**FAST, "metrics": ["AUC", "LogLoss"], "valid_metric": "AUC", "train_batch_size": 256,
+       "eval_batch_size": 4096, "embedding_size": 4}
+
+
+@pytest.fixture
+def ratings(tmp_path) -> dict:
+    """'rated': 60 users (gender, age), 30 items (genres), ratings 1..5 that depend on user and item parity."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "rated"
+    folder.mkdir(parents=True)
+    rows = []
+    for u in range(60):
+        for i in rng.choice(30, size=15, replace=False):
+            rows.append((f"u{u}", f"i{i}", 5 if (u + i) % 2 else int(rng.choice([1, 2, 3])), 1000 + len(rows)))
+    pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "rating:float", "timestamp:float"]).to_csv(
+        folder / "rated.inter", sep="\t", index=False)
+    pd.DataFrame({"user_id:token": [f"u{u}" for u in range(60)], "gender:token": ["MF"[u % 2] for u in range(60)],
+                  "age:token": [str(u % 3) for u in range(60)], "occupation:token": "x", "zip_code:token": "z"}
+                 ).to_csv(folder / "rated.user", sep="\t", index=False)
+    pd.DataFrame({"item_id:token": [f"i{i}" for i in range(30)], "genre:token_seq": [f"g{i % 4} g{i % 5}" for i in range(30)],
+                  "release_year:token": "1990"}).to_csv(folder / "rated.item", sep="\t", index=False)
+    return {**CTR, "data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "protocol": "ctr"}
+
+
+def test_pair_layer_hand_values():
+    layer = InteractionAwarePairs(3, 2, attention_size=1, field_factor_size=1, temperature=2.0)
+    with torch.no_grad():
+        layer.W.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        layer.b.fill_(0.5), layer.h.fill_(1.0)
+        layer.phi.copy_(torch.tensor([[1.0], [2.0], [3.0]]))
+        layer.psi.copy_(torch.tensor([[1.0, -1.0]]))
+    e = torch.tensor([[[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]]])
+    attention, q, prototypes = layer(e)
+    # pairs (0,1) (0,2) (1,2): q = [3,0], [0,2], [0,0]; logits relu(sum(q)/2 + .5) = 2, 1.5, .5
+    assert q.tolist() == [[[3.0, 0.0], [0.0, 2.0], [0.0, 0.0]]]
+    assert torch.allclose(attention, torch.softmax(torch.tensor([[2.0, 1.5, 0.5]]), 1))
+    # φ_i φ_j = 2, 3, 6 times Ψ = [1, -1]
+    assert prototypes.tolist() == [[2.0, -2.0], [3.0, -3.0], [6.0, -6.0]]
+    # field groups: fields 0 and 1 are one group, so pair (0, 1) is skipped
+    assert InteractionAwarePairs(3, 2, 1, 1, 1.0, field_groups=[0, 0, 1]).n_pairs == 2
+
+
+def test_pair_sampling_uses_only_the_sampled_pairs():
+    torch.manual_seed(0)
+    layer = InteractionAwarePairs(5, 3, 4, 2, 10.0)
+    attention, q, prototypes = layer(torch.randn(2, 5, 3), sample_size=4)
+    assert attention.shape == (2, 4) and q.shape == (2, 4, 3) and prototypes.shape == (4, 3)
+    assert torch.allclose(attention.sum(1), torch.ones(2))  # renormalised over the sampled pairs
+
+
+def test_parameter_counts_match_the_spec_formulas(ratings):
+    counts = {}
+    for model in ("FM", "IFM", "INN", "DeepIFM"):
+        net = _build(build_config(model, "rated", config_dict=ratings))[0]
+        counts[model] = sum(p.numel() for p in net.parameters())
+    m, k, p = net.num_feature_field, 4, net.num_feature_field * (net.num_feature_field - 1) // 2
+    t, kf = 8, 16  # IFM.yaml: attention_size, field_factor_size
+    assert counts["IFM"] - counts["FM"] == t * k + t + t + m * kf + kf * k
+    assert counts["INN"] - counts["IFM"] == p * k * 5 + 5 + 5 + 1
+    t, kf = 16, 6  # DeepIFM.yaml
+    deep = (m * k * 100 + 100) + (100 * 75 + 75) + (75 * 50 + 50) + (50 + 1)
+    assert counts["DeepIFM"] - counts["FM"] == t * k + t + t + m * kf + kf * k + deep
+
+
+def test_clipped_rmse_hand_value():
+    metric = ClippedRMSE.__new__(ClippedRMSE)
+    preds, trues = np.array([2.0, -0.5, -3.0]), np.array([1.0, -1.0, -1.0])
+    # clipped to [-1, 1]: [1, -.5, -1] -> errors 0, .5, 0
+    assert metric.metric_info(preds, trues) == pytest.approx(math.sqrt(0.25 / 3))
+
+
+def test_ctr_labels_and_split(ratings):
+    config = build_config("IFM", "rated", config_dict=ratings)
+    init_seed(config["seed"], True)  # as run() and run_recbole do before the data
+    _, train, valid, test = _build(config)
+    frames = [d._dataset.inter_feat for d in (train, valid, test)]
+    n = sum(len(f) for f in frames)
+    raw = pd.read_csv(f"{ratings['data_path']}/rated/rated.inter", sep="\t")
+    assert n == (raw["rating:float"] != 3).sum()  # ratings of 3 dropped
+    assert all(abs(len(f) - r * n) <= 2 for f, r in zip(frames, (0.8, 0.1, 0.1)))  # RecBole rounds its own way
+    expected = (raw[raw["rating:float"] != 3]["rating:float"] >= 4).mean()
+    assert torch.cat([f["label"] for f in frames]).mean().item() == pytest.approx(expected)
+    # the same seed gives RecBole's FM the same rows
+    init_seed(config["seed"], True)
+    fm_train = _build(build_config("FM", "rated", config_dict=ratings))[1]
+    assert torch.equal(fm_train._dataset.inter_feat["user_id"], frames[0]["user_id"])
+
+
+def test_fm_warm_start_copies_exactly_and_refuses_a_mismatch(ratings, tmp_path):
+    fm = run_recbole(model="FM", dataset="rated", config_dict=ratings)
+    checkpoint = next((tmp_path / "saved").glob("FM-*.pth"))
+    config = build_config("IFM", "rated", config_dict={**ratings, "pretrain_path": str(checkpoint)})
+    ifm = _build(config)[0]
+    saved = torch.load(checkpoint, weights_only=False)["state_dict"]
+    for key in ("token_embedding_table.embedding.weight", "first_order_linear.bias"):
+        assert torch.equal(ifm.state_dict()[key], saved[key])
+    assert fm["test_result"]["auc"] > 0
+    with pytest.raises(ValueError, match="embedding_size"):
+        _build(build_config("IFM", "rated", config_dict={**ratings, "pretrain_path": str(checkpoint),
+                                                         "embedding_size": 8}))
+
+
+@pytest.mark.parametrize("model", ["IFM", "INN", "DeepIFM"])
+def test_ctr_run_through_run_recbole_learns(model, ratings):
+    result = run_recbole(model=model, dataset="rated", config_dict={**ratings, "epochs": 8, "learning_rate": 0.05})
+    assert result["test_result"]["auc"] > 0.75  # the label is a function of user and item parity
+
+
+def test_eval_is_deterministic_and_training_loss_falls(ratings):
+    config = build_config("IFM", "rated", config_dict={**ratings, "interaction_dropout": 0.5})
+    net, train, valid, _ = _build(config)
+    trainer = resolve_trainer(config)(config, net)
+    losses = [trainer._train_epoch(train, epoch) for epoch in range(4)]
+    assert losses[-1] < losses[0]
+    net.eval()
+    batch = next(iter(valid))[0]
+    assert torch.equal(net.predict(batch), net.predict(batch))  # dropout off at evaluation
+
+
+def _libfm(folder, rows_per_part=200, bad: str | None = None):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for part in ("train", "validation", "test"):
+        lines = []
+        for _ in range(rows_per_part):
+            u, i, t = rng.integers(10), rng.integers(12), rng.integers(5)
+            lines.append(f"{1 if (u + t) % 2 else -1} {u}:1 {10 + i}:1 {22 + t}:1")
+        if bad and part == "validation":
+            lines.insert(4, bad)
+        (folder / f"toy.{part}.libfm").write_text("\n".join(lines) + "\n")
+
+
+def test_libfm_protocol_runs_with_clipped_rmse(tmp_path):
+    _libfm(tmp_path / "raw")
+    convert_libfm(tmp_path / "raw", tmp_path / "data", "toy", fields=["user_id", "item_id", "tag"])
+    fast = {key: value for key, value in FAST.items() if key not in ("metrics", "valid_metric", "topk")}
+    config = {**fast, "data_path": str(tmp_path / "data"), "protocol": "libfm", "epochs": 6, "embedding_size": 4,
+              "train_batch_size": 64, "checkpoint_dir": str(tmp_path / "saved")}
+    for model in ("IFM", "INN"):
+        result = run_recbole(model=model, dataset="toy", config_dict=config)
+        assert result["test_result"]["clippedrmse"] <= result["test_result"]["rmse"]
+        assert result["test_result"]["clippedrmse"] < 0.9  # label = parity of user + tag: learnable
+    frame = pd.read_csv(tmp_path / "data" / "toy" / "toy.valid.inter", sep="\t")
+    assert list(frame.columns) == ["label:float", "user_id:token", "item_id:token", "tag:token"] and len(frame) == 200
+
+
+@pytest.mark.parametrize("bad, message", [("1 3:1 15:1", "line 5 has 2 features"),
+                                          ("yes 3:1 15:1 23:1", "line 5: need 'label")])
+def test_bad_libfm_line_is_named_and_nothing_is_written(tmp_path, bad, message):
+    _libfm(tmp_path / "raw", bad=bad)
+    with pytest.raises(ValueError, match=message):
+        convert_libfm(tmp_path / "raw", tmp_path / "data", "toy")
+    assert not (tmp_path / "data" / "toy").exists()
+
+
+def test_libfm_field_map_assigns_by_range_and_names_an_outside_index(tmp_path):
+    _libfm(tmp_path / "raw")
+    field_map = [("tag", 22, 26), ("user_id", 0, 9), ("item_id", 10, 21)]
+    convert_libfm(tmp_path / "raw", tmp_path / "data", "toy", field_map=field_map)
+    frame = pd.read_csv(tmp_path / "data" / "toy" / "toy.train.inter", sep="\t")
+    assert list(frame.columns) == ["label:float", "tag:token", "user_id:token", "item_id:token"]
+    assert frame["tag:token"].between(22, 26).all() and frame["user_id:token"].between(0, 9).all()
+    with pytest.raises(ValueError, match="outside every field"):
+        convert_libfm(tmp_path / "raw", tmp_path / "data", "toy2", field_map=[("u", 0, 9), ("i", 10, 21), ("t", 22, 24)])

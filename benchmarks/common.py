@@ -17,3 +17,52 @@ def launch(script: str, *args: str) -> dict:
         tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
         return {"status": f"failed: {tail}"}
     return {"status": "ok", **json.loads(lines[-1][len("RESULT "):])}
+
+
+def append_row(csv, row: dict) -> None:
+    """Add one run's row to a results CSV, rewritten whole so rows with new columns stay aligned."""
+    import pandas as pd
+
+    rows = pd.concat([pd.read_csv(csv), pd.DataFrame([row])]) if csv.exists() else pd.DataFrame([row])
+    rows.to_csv(csv, index=False)
+
+
+def mean_std_table(frame, keys: list[str], cols: list[str], spread: tuple[str, ...]) -> str:
+    """Markdown table of the ``status == ok`` rows grouped by ``keys``: ``mean ± std`` (over seeds) for the columns
+    starting with ``spread``, the mean for the others."""
+    ok = frame[frame.status == "ok"]
+    rows = []
+    for key, group in ok.groupby(keys, sort=False):
+        cells = ["–" if c not in group or group[c].isna().all() else
+                 f"{group[c].mean():.4f} ± {group[c].std(ddof=0):.4f}" if c.startswith(spread)
+                 else f"{group[c].mean():.1f}" for c in cols]
+        rows.append([*map(str, key), str(len(group)), *cells])
+    header = [*keys, "seeds", *cols]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def plot_curves(out, prefix: str, png: str, metric: str) -> None:
+    """``out/png``: the ``metric`` valid curve of every ``out/curves/<prefix>_<dataset>_<label>.json``, one panel
+    per dataset."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = sorted((out / "curves").glob(f"{prefix}_*.json"))
+    datasets = sorted({path.stem.split("_")[1] for path in curves})
+    if not datasets:
+        return
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for path in (c for c in curves if c.stem.split("_")[1] == dataset):
+            scores = json.loads(path.read_text())[metric]
+            ax.plot(range(1, len(scores) + 1), scores, lw=1, marker=".", label=path.stem.split("_", 2)[2])
+        ax.set(title=dataset, xlabel="epoch", ylabel=metric)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / png, dpi=120)
+    plt.close(fig)

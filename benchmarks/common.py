@@ -66,3 +66,31 @@ def plot_curves(out, prefix: str, png: str, metric: str) -> None:
     fig.tight_layout()
     fig.savefig(out / png, dpi=120)
     plt.close(fig)
+
+
+def one_thread_epoch(spec: dict, batches: int = 20) -> float:
+    """Seconds per training epoch on one thread, from ``batches`` timed steps (after 2 warm-up steps)."""
+    import time
+
+    import torch
+
+    import recbole_ext  # noqa: F401  (registers the models)
+    from recbole_ext.quick_start import _build, build_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    config = build_config(spec["model"], spec["dataset"], config_dict=spec["config"])
+    net, train, _, _ = _build(config)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config["learning_rate"])
+    times = []
+    for step, interaction in enumerate(train):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss = net.calculate_loss(interaction)
+        (sum(loss) if isinstance(loss, tuple) else loss).backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        if step == batches + 1:
+            break
+    torch.set_num_threads(threads)
+    return sum(times[2:]) / len(times[2:]) * len(train)

@@ -181,3 +181,22 @@ def test_libfm_field_map_assigns_by_range_and_names_an_outside_index(tmp_path):
     assert frame["tag:token"].between(22, 26).all() and frame["user_id:token"].between(0, 9).all()
     with pytest.raises(ValueError, match="outside every field"):
         convert_libfm(tmp_path / "raw", tmp_path / "data", "toy2", field_map=[("u", 0, 9), ("i", 10, 21), ("t", 22, 24)])
+
+
+def test_stage_both_trains_fm_then_starts_ifm_from_it(tmp_path):
+    _libfm(tmp_path / "raw")
+    convert_libfm(tmp_path / "raw", tmp_path / "data", "toy", fields=["user_id", "item_id", "tag"])
+    fast = {key: value for key, value in FAST.items() if key not in ("metrics", "valid_metric", "topk")}
+    config = build_config("IFM", "toy", config_dict={
+        **fast, "data_path": str(tmp_path / "data"), "protocol": "libfm", "stage": "both", "epochs": 2,
+        "fm_epochs": 3, "fm_learning_rate": 0.1, "embedding_size": 4, "train_batch_size": 64,
+        "checkpoint_dir": str(tmp_path / "saved")})
+    init_seed(config["seed"], True)
+    net, train, valid, _ = _build(config)
+    trainer = resolve_trainer(config)(config, net)
+    trainer.fit(train, valid, saved=True)
+    assert trainer.stage_epochs == {"fm": 3, "IFM": 2} and len(trainer.valid_curve) == 5
+    fm = torch.load(trainer.fm_file, weights_only=False)
+    assert fm["config"]["model"] == "FM" and config["model"] == "IFM"  # the shared config is restored
+    # the FM stage regressed the ±1 labels on its raw score: a sigmoid output could not get under RMSE 1
+    assert min(trainer.fm_valid_scores) < 0.95

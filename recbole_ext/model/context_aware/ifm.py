@@ -19,10 +19,12 @@ the pairs (feature aspect) and by a field-pair prototype ``u_p`` (field aspect);
 metric) or ``BCE`` (CTR, sigmoid scores). The reference's loss is ½·Σ over the batch; ours is the batch mean, so
 its L2 terms ``λ_a·½‖W‖² + λ_f·½(‖Φ‖² + ‖Ψ‖²)`` are scaled by 2/B (``reg_attention``, ``reg_field`` keep the
 reference's λ values; specs/ifm.md §7.2). ``pretrain_path`` starts from a trained RecBole ``FM`` checkpoint's
-embeddings and first-order part (the paper's FM warm start). ``pair_sample_ratio`` > 0 turns on DeepIFM's sampling
+embeddings and first-order part (the paper's FM warm start); ``stage: both`` trains that FM first in the same run
+(:mod:`recbole_ext.trainer.ifm`). ``pair_sample_ratio`` > 0 turns on DeepIFM's sampling
 trick (off by default: the reference never runs it) after ``sample_warmup_steps`` training steps.
 
     python run_recbole_ext.py --model=IFM --dataset=ml-1m --protocol=ctr
+    python run_recbole_ext.py --model=IFM --dataset=ml-1m --protocol=ctr --stage=both   # FM, then IFM from it
     python run_recbole_ext.py --model=IFM --dataset=frappe --protocol=libfm   # after --convert=libfm
 """
 
@@ -66,7 +68,7 @@ class IFM(ContextRecommender):
     ``attention_dropout``, ``interaction_dropout``, ``reg_attention`` (λ_a), ``reg_field`` (λ_f), ``loss_type``
     (MSE | BCE), ``field_groups``, ``pair_sample_ratio``, ``sample_warmup_steps``, ``pretrain_path``."""
 
-    config_choices = {"loss_type": ("MSE", "BCE"), "attention_activation": ("relu", "tanh")}
+    config_choices = {"loss_type": ("MSE", "BCE"), "attention_activation": ("relu", "tanh"), "stage": ("ifm", "both")}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -1,0 +1,79 @@
+"""The IFM family's FM warm start in one command (``stage: both``), on RecBole's own ``Trainer.fit``.
+
+Stage 1 trains RecBole's ``FM`` on the same data (``fm_epochs``, ``fm_learner``, ``fm_learning_rate``; with
+``loss_type: MSE`` its loss is the squared error on the raw score, as the reference FM.py regresses ±1 labels) and
+keeps its best-valid checkpoint beside the final one as ``*-fm.pth`` (a RecBole FM checkpoint: ``pretrain_path`` of a
+later run can reuse it). Stage 2 copies its embeddings and first-order part into the IFM / INN / DeepIFM model
+(:func:`recbole_ext.model.context_aware.ifm.warm_start`) and fits it. ``stage: ifm`` (default) fits the model alone,
+from ``pretrain_path`` when given.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from recbole.trainer import Trainer
+from recbole.utils import get_model
+from torch import nn
+
+from recbole_ext.model.context_aware.ifm import warm_start
+from recbole_ext.trainer.base import PluginTrainerMixin
+
+
+@contextmanager
+def overridden(config, **values):
+    """Config keys set for the duration of a block (RecBole's trainer reads them at construction and save time)."""
+    saved = {key: config[key] for key in values}
+    for key, value in values.items():
+        config[key] = value
+    try:
+        yield config
+    finally:
+        for key, value in saved.items():
+            config[key] = value
+
+
+class FMStageTrainer(PluginTrainerMixin, Trainer):
+    """RecBole's trainer for the FM stage (the plugin's progress line and timings included)."""
+
+
+class IFMTrainer(PluginTrainerMixin, Trainer):
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.fm_file: str | None = None
+        self.fm_valid_scores: list[float] = []
+
+    @property
+    def valid_curve(self) -> list[float]:
+        return self.fm_valid_scores + self.valid_scores
+
+    @staticmethod
+    def max_epochs(config) -> int:
+        return config["epochs"] + ((config["fm_epochs"] or config["epochs"]) if config["stage"] == "both" else 0)
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.config["stage"] != "both":
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        config, name = self.config, self.config["model"]
+        fm = get_model("FM")(config, train_data._dataset).to(config["device"])
+        if config["loss_type"] == "MSE":  # the reference's FM regresses the ±1 labels on its raw score
+            fm.loss, fm.predict = nn.MSELoss(), fm.forward
+        fm_epochs = config["fm_epochs"] or config["epochs"]
+        with overridden(config, model="FM", learner=config["fm_learner"], learning_rate=config["fm_learning_rate"],
+                        epochs=fm_epochs):
+            stage = FMStageTrainer(config, fm)
+            stage.saved_model_file = self.fm_file = self.saved_model_file.replace(".pth", "-fm.pth")
+            stage.stage_label = f"{name} stage 1/2 (FM warm start; {name} follows) "
+            self.logger.info(f"{name} stage 1/2: train FM for the warm start")
+            stage.fit(train_data, valid_data, verbose, True, show_progress, callback_fn)  # the best FM is needed
+        self.fm_valid_scores = stage.valid_scores
+        self.stage_epochs["fm"] = done = len(stage.train_seconds)
+        self.logger.info(f"{name} stage 2/2: start from the best FM ({warm_start(self.model, self.fm_file, config['dataset'])} "
+                         f"tensors copied)")
+        self.stage_label = f"{name} stage 2/2 "
+        shifted = (lambda epoch, score: callback_fn(done + epoch, score)) if callback_fn else None
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, shifted)
+        self.stage_epochs[name] = len(self.train_seconds)
+        self.train_seconds, self.valid_seconds = stage.train_seconds + self.train_seconds, \
+            stage.valid_seconds + self.valid_seconds
+        return result

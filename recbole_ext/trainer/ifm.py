@@ -66,14 +66,13 @@ class IFMTrainer(PluginTrainerMixin, Trainer):
             stage.stage_label = f"{name} stage 1/2 (FM warm start; {name} follows) "
             self.logger.info(f"{name} stage 1/2: train FM for the warm start")
             stage.fit(train_data, valid_data, verbose, True, show_progress, callback_fn)  # the best FM is needed
-        self.fm_valid_scores = stage.valid_scores
-        self.stage_epochs["fm"] = done = len(stage.train_seconds)
+        self.fm_valid_scores, done = stage.valid_scores, len(stage.train_seconds)
         self.logger.info(f"{name} stage 2/2: start from the best FM ({warm_start(self.model, self.fm_file, config['dataset'])} "
                          f"tensors copied)")
         self.stage_label = f"{name} stage 2/2 "
         shifted = (lambda epoch, score: callback_fn(done + epoch, score)) if callback_fn else None
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, shifted)
-        self.stage_epochs[name] = len(self.train_seconds)
+        self.stage_epochs.update({"fm": done, name: len(self.train_seconds)})  # after fit: its progress line reads them
         self.train_seconds, self.valid_seconds = stage.train_seconds + self.train_seconds, \
             stage.valid_seconds + self.valid_seconds
         return result

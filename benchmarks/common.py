@@ -94,3 +94,71 @@ def one_thread_epoch(spec: dict, batches: int = 20) -> float:
             break
     torch.set_num_threads(threads)
     return sum(times[2:]) / len(times[2:]) * len(train)
+
+
+def parse(ap, name: str, one_run, summarise):
+    """Add the flags every benchmark has (``--one`` for the child, ``--data_path``, ``--out``, ``--summarise_only``)
+    and parse. Runs the child's ``one_run`` or rebuilds ``<name>.md`` with ``summarise`` and returns None; otherwise
+    returns ``(args, data_path, out, csv)``."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    root = Path(__file__).resolve().parents[1]
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--data_path", default=str(root / "dataset"))
+    ap.add_argument("--out", default=str(root / "docs" / "results"))
+    ap.add_argument("--summarise_only", action="store_true", help=f"rebuild {name}.md from {name}.csv")
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
+        return None
+    data_path, out = Path(args.data_path).resolve(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv = out / f"{name}.csv"
+    if args.summarise_only:
+        print(summarise(pd.read_csv(csv), out))
+        return None
+    return args, data_path, out, csv
+
+
+def base_config(data_path, protocol: str, seed: int, epochs: int) -> dict:
+    """The settings every benchmark run shares: quiet, checkpoints in the temp folder."""
+    import tempfile
+    from pathlib import Path
+
+    return {"data_path": str(data_path), "protocol": protocol, "seed": seed, "epochs": epochs, "show_progress": False,
+            "state": "WARNING", "checkpoint_dir": str(Path(tempfile.gettempdir()) / "recbole_ext_bench")}
+
+
+def measured_run(spec: dict, curve_key: str) -> tuple[dict, dict]:
+    """In the child: ``recbole_ext.run`` of ``spec`` (model, dataset, config, curve), the valid curve written to
+    ``spec['curve']`` under ``curve_key``; -> (RecBole's result, its costs: epochs, parameters, s/epoch on all cores and
+    on one thread, peak RSS, wall time)."""
+    import json
+    import resource
+    import time
+    from pathlib import Path
+
+    import recbole_ext
+
+    counted = {}
+    start = time.perf_counter()
+    result = recbole_ext.run(spec["model"], spec["dataset"], config_dict=spec["config"], on_trainer=lambda trainer:
+                             counted.update(parameters=sum(p.numel() for p in trainer.model.parameters())))
+    wall = time.perf_counter() - start
+    single = one_thread_epoch(spec)
+    curve = Path(spec["curve"])
+    curve.parent.mkdir(parents=True, exist_ok=True)
+    curve.write_text(json.dumps({curve_key: result["valid_scores"]}))
+    return result, {
+        "epochs": result["epochs"],
+        "parameters": counted["parameters"],
+        "s/epoch_train": sum(result["train_seconds"]) / max(len(result["train_seconds"]), 1),
+        "s/epoch_eval": sum(result["valid_seconds"]) / max(len(result["valid_seconds"]), 1),
+        "s/epoch_1thread": single,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": wall,
+    }

@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
-import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from common import append_row, launch, mean_std_table, one_thread_epoch, plot_curves  # benchmarks/common.py
+from common import append_row, base_config, launch, mean_std_table, measured_run, parse, plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -51,28 +48,9 @@ def ensure_data(data_path: Path) -> None:
 
 def one_run(spec: dict) -> dict:
     """Runs in the child process: train + test one configuration, return metrics and costs."""
-    import recbole_ext
-
-    start = time.perf_counter()
-    result = recbole_ext.run(spec["model"], spec["dataset"], config_dict=spec["config"],
-                             on_trainer=lambda trainer: spec.update(parameters=sum(
-                                 p.numel() for p in trainer.model.parameters())))
-    wall = time.perf_counter() - start
-    single = one_thread_epoch(spec)
-    curve = Path(spec["curve"])
-    curve.parent.mkdir(parents=True, exist_ok=True)
-    curve.write_text(json.dumps({"valid_auc": result["valid_scores"]}))
-    return {
-        "epochs": result["epochs"],
-        "parameters": spec["parameters"],
-        "valid_auc": float(result["best_valid_result"]["auc"]),
-        **{f"test_{k}": float(v) for k, v in result["test_result"].items()},
-        "s/epoch_train": sum(result["train_seconds"]) / max(len(result["train_seconds"]), 1),
-        "s/epoch_eval": sum(result["valid_seconds"]) / max(len(result["valid_seconds"]), 1),
-        "s/epoch_1thread": single,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "wall_s": wall,
-    }
+    result, costs = measured_run(spec, "valid_auc")
+    return {"valid_auc": float(result["best_valid_result"]["auc"]),
+            **{f"test_{k}": float(v) for k, v in result["test_result"].items()}, **costs}
 
 
 def summarise(frame: pd.DataFrame, out: Path) -> str:
@@ -92,31 +70,18 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--dataset", default="ml-1m-half", choices=["ml-1m-half", "ml-100k"])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--max_epochs", type=int, default=10, help="the epoch budget of every model")
-    ap.add_argument("--data_path", default=str(ROOT / "dataset"))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    ap.add_argument("--summarise_only", action="store_true", help="rebuild ifm.md from ifm.csv")
-    args = ap.parse_args()
-    if args.one:
-        print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
+    parsed = parse(ap, "ifm", one_run, summarise)
+    if parsed is None:
         return
-    data_path, out = Path(args.data_path).resolve(), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    csv = out / "ifm.csv"
-    if args.summarise_only:
-        print(summarise(pd.read_csv(csv), out))
-        return
+    args, data_path, out, csv = parsed
     ensure_data(data_path)
     for seed in args.seeds:
         for model in args.models:
-            config = {"data_path": str(data_path), "protocol": "ctr", "seed": seed, "epochs": args.max_epochs,
-                      "show_progress": False, "state": "WARNING",
-                      "checkpoint_dir": str(Path(tempfile.gettempdir()) / "recbole_ext_bench"), **COMMON,
-                      **MODELS[model]}
+            config = {**base_config(data_path, "ctr", seed, args.max_epochs), **COMMON, **MODELS[model]}
             curve = out / "curves" / f"ifm_{args.dataset}_{model}_e{args.max_epochs}_seed{seed}.json"
             row = {"dataset": args.dataset, "model": model, "seed": seed, "max_epochs": args.max_epochs,
                    "settings": " ".join(f"{k}={v}" for k, v in MODELS[model].items()) or "yaml",

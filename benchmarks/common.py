@@ -162,3 +162,13 @@ def measured_run(spec: dict, curve_key: str) -> tuple[dict, dict]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_s": wall,
     }
+
+
+def ensure_ml1m_half(data_path) -> None:
+    """Convert ``../shared/data/ml-1m-first-half`` (ml-1m users 1-2,999) into ``data_path/ml-1m-half`` once."""
+    from pathlib import Path
+
+    from recbole_ext.data.convert import convert_ml1m
+
+    if not (Path(data_path) / "ml-1m-half").is_dir():
+        convert_ml1m(Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-first-half", data_path, "ml-1m-half")

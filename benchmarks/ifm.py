@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import append_row, base_config, launch, mean_std_table, measured_run, parse, plot_curves
+from common import (append_row, base_config, ensure_ml1m_half, launch, mean_std_table, measured_run, parse,
+                    plot_curves)
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 RECBOLE = {"learner": "adam", "learning_rate": 0.01}
 MODELS = {
     "FM": RECBOLE, "AFM": RECBOLE, "NFM": RECBOLE, "DeepFM": RECBOLE,
@@ -37,13 +36,6 @@ REFERENCE = """## Reference figures
 
 The IFM paper's tables could not be obtained (specs/ifm.md §6) and its datasets (frappe, ml-tag) are ±1 regression,
 not this CTR task, so no published figure sits beside these rows; the paper's claim is the ordering IFM > AFM > FM."""
-
-
-def ensure_data(data_path: Path) -> None:
-    from recbole_ext.data.convert import convert_ml1m
-
-    if not (data_path / "ml-1m-half").is_dir():
-        convert_ml1m(SHARED / "ml-1m-first-half", data_path, "ml-1m-half")
 
 
 def one_run(spec: dict) -> dict:
@@ -78,7 +70,7 @@ def main() -> None:
     if parsed is None:
         return
     args, data_path, out, csv = parsed
-    ensure_data(data_path)
+    ensure_ml1m_half(data_path)
     for seed in args.seeds:
         for model in args.models:
             config = {**base_config(data_path, "ctr", seed, args.max_epochs), **COMMON, **MODELS[model]}

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import append_row, base_config, launch, mean_std_table, measured_run, parse, plot_curves
+from common import (append_row, base_config, ensure_ml1m_half, launch, mean_std_table, measured_run, parse,
+                    plot_curves)
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 OFF = {"att_lambda": 0.0, "ct_lambda": 0.0, "cs_lambda": 0.0}
 VARIANTS = {  # Re4.yaml defaults otherwise (the official code's: K 8, d 64, batch 1024, lr 3e-3, 5000 negatives)
     "ComiRec-SA": OFF,
@@ -42,13 +41,6 @@ Re4's own result tables could not be obtained (specs/re4.md §4), and the offici
 there is no published ml-1m figure to set beside these. The official code needs about 530 s per epoch on one CPU
 thread for ml-1m (users 1-2,999) under this split (378 batches of 1,024, 5,000 shared negatives; issue 18), the
 figure `s/epoch_1thread` compares with."""
-
-
-def ensure_data(data_path: Path) -> None:
-    from recbole_ext.data.convert import convert_ml1m
-
-    if not (data_path / "ml-1m-half").is_dir():
-        convert_ml1m(SHARED / "ml-1m-first-half", data_path, "ml-1m-half")
 
 
 def one_run(spec: dict) -> dict:
@@ -83,7 +75,7 @@ def main() -> None:
     if parsed is None:
         return
     args, data_path, out, csv = parsed
-    ensure_data(data_path)
+    ensure_ml1m_half(data_path)
     for dataset in args.datasets:
         for seed in args.seeds:
             for variant in args.variants:

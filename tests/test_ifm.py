@@ -161,6 +161,8 @@ def test_libfm_protocol_runs_with_clipped_rmse(tmp_path):
         assert result["test_result"]["clippedrmse"] < 0.9  # label = parity of user + tag: learnable
     frame = pd.read_csv(tmp_path / "data" / "toy" / "toy.valid.inter", sep="\t")
     assert list(frame.columns) == ["label:float", "user_id:token", "item_id:token", "tag:token"] and len(frame) == 200
+    with pytest.raises(ValueError, match="FM trains with BCE"):  # RecBole's FM cannot regress ±1 labels
+        build_config("FM", "toy", config_dict=config)
 
 
 @pytest.mark.parametrize("bad, message", [("1 3:1 15:1", "line 5 has 2 features"),

@@ -98,12 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             default_name = "ml-1m" if args.convert == "ml-1m" else Path(args.src).name
             extra = {}
             if args.convert == "libfm":
+                from recbole_ext.data.convert import read_field_map
+
                 extra["fields"] = args.fields.split(",") if args.fields else None
-                if args.field_map:
-                    rows = [line.split() for line in Path(args.field_map).read_text().splitlines() if line.strip()]
-                    if any(len(row) != 3 or not (row[1].isdigit() and row[2].isdigit()) for row in rows):
-                        raise ValueError(f"{args.field_map}: each line must be 'name first_index last_index'")
-                    extra["field_map"] = [(row[0], int(row[1]), int(row[2])) for row in rows]
+                extra["field_map"] = read_field_map(args.field_map) if args.field_map else None
             out = CONVERTERS[args.convert](args.src, args.data_path or "dataset", args.dataset or default_name, **extra)
             protocol = {"comirec": " --protocol=comirec", "libfm": " --protocol=libfm"}.get(args.convert, "")
             print(f"wrote {out}/ ; train with: python run_recbole_ext.py --model=MODEL --dataset={out.name}{protocol}")

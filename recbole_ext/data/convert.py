@@ -191,6 +191,14 @@ def _read_libfm(path: Path) -> tuple[list[str], list[list[int]]]:
     return labels, rows
 
 
+def read_field_map(path: str | Path) -> list[tuple[str, int, int]]:
+    """A libFM field map file: one ``name first_index last_index`` line per field."""
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    if any(len(row) != 3 or not (row[1].isdigit() and row[2].isdigit()) for row in rows):
+        raise ValueError(f"{path}: each line must be 'name first_index last_index'")
+    return [(row[0], int(row[1]), int(row[2])) for row in rows]
+
+
 def convert_libfm(src: str | Path, data_path: str | Path = "dataset", name: str | None = None,
                   field_map: list[tuple[str, int, int]] | None = None, fields: list[str] | None = None) -> Path:
     """libFM split -> atomic benchmark files. ``field_map``: (name, first index, last index) per field, indices
@@ -222,13 +230,13 @@ def convert_libfm(src: str | Path, data_path: str | Path = "dataset", name: str 
                              "give a field map (name first last per field)")
     else:
         names = [entry[0] for entry in field_map]
-        lows = np.array([entry[1] for entry in field_map])
+        lows, highs = (np.array([entry[i] for entry in field_map]) for i in (1, 2))
         order = lows.argsort()
         for part, frame in frames.items():
             values = frame.to_numpy()
             slot = np.searchsorted(lows[order], values, side="right") - 1
             field = order[slot.clip(0)]
-            outside = (slot < 0) | (values > np.array([entry[2] for entry in field_map])[field])
+            outside = (slot < 0) | (values > highs[field])
             if outside.any() or len(field_map) != width:
                 line = int(outside.any(axis=1).argmax()) + 1 if outside.any() else 1
                 raise ValueError(f"{files[part]}: line {line} has an index outside every field of the map "

@@ -17,30 +17,6 @@ from recbole_ext.model.layers import InteractionAwarePairs
 from recbole_ext.quick_start import _build, build_config
 from recbole_ext.trainer.base import resolve_trainer
 
-CTR = {**FAST, "metrics": ["AUC", "LogLoss"], "valid_metric": "AUC", "train_batch_size": 256,
-       "eval_batch_size": 4096, "embedding_size": 4}
-
-
-@pytest.fixture
-def ratings(tmp_path) -> dict:
-    """'rated': 60 users (gender, age), 30 items (genres), ratings 1..5 that depend on user and item parity."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data" / "rated"
-    folder.mkdir(parents=True)
-    rows = []
-    for u in range(60):
-        for i in rng.choice(30, size=15, replace=False):
-            rows.append((f"u{u}", f"i{i}", 5 if (u + i) % 2 else int(rng.choice([1, 2, 3])), 1000 + len(rows)))
-    pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "rating:float", "timestamp:float"]).to_csv(
-        folder / "rated.inter", sep="\t", index=False)
-    pd.DataFrame({"user_id:token": [f"u{u}" for u in range(60)], "gender:token": ["MF"[u % 2] for u in range(60)],
-                  "age:token": [str(u % 3) for u in range(60)], "occupation:token": "x", "zip_code:token": "z"}
-                 ).to_csv(folder / "rated.user", sep="\t", index=False)
-    pd.DataFrame({"item_id:token": [f"i{i}" for i in range(30)], "genre:token_seq": [f"g{i % 4} g{i % 5}" for i in range(30)],
-                  "release_year:token": "1990"}).to_csv(folder / "rated.item", sep="\t", index=False)
-    return {**CTR, "data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "protocol": "ctr"}
-
-
 def test_pair_layer_hand_values():
     layer = InteractionAwarePairs(3, 2, attention_size=1, field_factor_size=1, temperature=2.0)
     with torch.no_grad():

@@ -26,6 +26,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
+from recbole_ext.data import ctr
 from recbole_ext.data.comirec import ComiRecEvalDataLoader, comirec_build, comirec_filter
 
 CANDIDATES = "candidates"
@@ -148,8 +149,8 @@ def _protocol_on(config) -> bool:
 def install_hooks() -> None:
     """Wrap ``recbole.data.utils.create_samplers``, ``get_dataloader``, ``SequentialDataset.build`` and its
     ``_filter_by_inter_num`` once (they delegate when no plugin protocol is on): the fixed-negatives protocol here, the ComiRec protocol of
-    :mod:`recbole_ext.data.comirec`, and the fast train loader of sequential models
-    (:mod:`recbole_ext.data.sequential`)."""
+    :mod:`recbole_ext.data.comirec`, the fast train loader of sequential models
+    (:mod:`recbole_ext.data.sequential`), and the CTR rules of :mod:`recbole_ext.data.ctr`."""
     import recbole.data.utils as data_utils
 
     if getattr(data_utils.get_dataloader, "_recbole_ext", False):
@@ -191,3 +192,4 @@ def install_hooks() -> None:
         inter_num_filter(self)
 
     SequentialDataset.build, SequentialDataset._filter_by_inter_num = build_hook, filter_hook
+    ctr.install()

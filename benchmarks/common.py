@@ -183,3 +183,24 @@ def write_page(out, name: str, title: str, intro: str, table: str, reference: st
                                     f"{table}\n\n{reference}\n")
     plot_curves(out, name, f"{name}_curves.png", curve_metric)
     return table
+
+
+def grid(script: str, name: str, args, data_path, out, csv, protocol: str, runs: dict, label: str, summarise,
+         datasets: list[str]) -> None:
+    """Every ``dataset × seed × run`` in a fresh child (``script --one``), each row printed and appended to ``csv``,
+    then the page rebuilt. ``runs``: label -> (model, config overrides, extra row columns)."""
+    import json
+
+    import pandas as pd
+
+    for dataset in datasets:
+        for seed in args.seeds:
+            for tag, (model, settings, extra) in runs.items():
+                config = {**base_config(data_path, protocol, seed, args.max_epochs), **settings}
+                curve = out / "curves" / f"{name}_{dataset}_{tag.replace(' ', '-')}_e{args.max_epochs}_seed{seed}.json"
+                row = {"dataset": dataset, label: tag, "seed": seed, "max_epochs": args.max_epochs, **extra,
+                       **launch(script, "--one", json.dumps({"model": model, "dataset": dataset, "config": config,
+                                                             "curve": str(curve.resolve())}))}
+                print(json.dumps(row), flush=True)
+                append_row(csv, row)
+    print(summarise(pd.read_csv(csv), out))

@@ -17,13 +17,11 @@ Each run is a fresh subprocess (own RNG and peak RSS). Writes ``docs/results/ifm
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from common import (append_row, base_config, ensure_ml1m_half, launch, mean_std_table, measured_run, parse,
-                    write_page)
+from common import ensure_ml1m_half, grid, mean_std_table, measured_run, parse, write_page
 
 RECBOLE = {"learner": "adam", "learning_rate": 0.01}
 MODELS = {
@@ -67,18 +65,10 @@ def main() -> None:
         return
     args, data_path, out, csv = parsed
     ensure_ml1m_half(data_path)
-    for seed in args.seeds:
-        for model in args.models:
-            config = {**base_config(data_path, "ctr", seed, args.max_epochs), **COMMON, **MODELS[model]}
-            curve = out / "curves" / f"ifm_{args.dataset}_{model}_e{args.max_epochs}_seed{seed}.json"
-            row = {"dataset": args.dataset, "model": model, "seed": seed, "max_epochs": args.max_epochs,
-                   "settings": " ".join(f"{k}={v}" for k, v in MODELS[model].items()) or "yaml",
-                   **launch(__file__, "--one", json.dumps({"model": model, "dataset": args.dataset, "config": config,
-                                                           "curve": str(curve.resolve())}))}
-            print(json.dumps(row), flush=True)
-            append_row(csv, row)
-    print(summarise(pd.read_csv(csv), out))
-
+    runs = {model: (model, {**COMMON, **MODELS[model]},
+                    {"settings": " ".join(f"{k}={v}" for k, v in MODELS[model].items()) or "yaml"})
+            for model in args.models}
+    grid(__file__, "ifm", args, data_path, out, csv, "ctr", runs, "model", summarise, [args.dataset])
 
 if __name__ == "__main__":
     main()

@@ -17,13 +17,11 @@ earlier ones), ``docs/results/re4.md`` (mean ± std over seeds) and ``docs/resul
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from common import (append_row, base_config, ensure_ml1m_half, launch, mean_std_table, measured_run, parse,
-                    write_page)
+from common import ensure_ml1m_half, grid, mean_std_table, measured_run, parse, write_page
 
 OFF = {"att_lambda": 0.0, "ct_lambda": 0.0, "cs_lambda": 0.0}
 VARIANTS = {  # Re4.yaml defaults otherwise (the official code's: K 8, d 64, batch 1024, lr 3e-3, 5000 negatives)
@@ -72,19 +70,8 @@ def main() -> None:
         return
     args, data_path, out, csv = parsed
     ensure_ml1m_half(data_path)
-    for dataset in args.datasets:
-        for seed in args.seeds:
-            for variant in args.variants:
-                config = {**base_config(data_path, "comirec", seed, args.max_epochs), **VARIANTS[variant]}
-                tag = variant.replace(" ", "-")
-                curve = out / "curves" / f"re4_{dataset}_{tag}_e{args.max_epochs}_seed{seed}.json"
-                row = {"dataset": dataset, "variant": variant, "seed": seed, "max_epochs": args.max_epochs,
-                       **launch(__file__, "--one", json.dumps({"model": "Re4", "dataset": dataset, "config": config,
-                                                               "curve": str(curve.resolve())}))}
-                print(json.dumps(row), flush=True)
-                append_row(csv, row)
-    print(summarise(pd.read_csv(csv), out))
-
+    runs = {variant: ("Re4", VARIANTS[variant], {}) for variant in args.variants}
+    grid(__file__, "re4", args, data_path, out, csv, "comirec", runs, "variant", summarise, args.datasets)
 
 if __name__ == "__main__":
     main()

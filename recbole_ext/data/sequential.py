@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from logging import getLogger
 
+import numpy as np
 import torch
 from recbole.data.dataloader import TrainDataLoader
 from recbole.data.interaction import Interaction
@@ -95,6 +96,9 @@ class SequentialTrainLoader(TrainDataLoader):
         self.exclude = train_neg_exclude(config)
         self.seen = history_keys(dataset) if self.exclude == "history" and self.n_negatives else None
         self.epoch_negatives: torch.Tensor | None = None  # [N, num] of the epoch in progress, row order
+        # RecBole seeds its loader generator with `seed`, as init_seed seeds the global stream the model's
+        # initial weights come from: the same MT19937 numbers would pick the epoch's order and negatives.
+        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence([int(config["seed"]), 1]).generate_state(1)[0]))
 
     @property
     def n_negatives(self) -> int:

@@ -38,10 +38,10 @@ from recbole_ext.data.history import REMAINDER, UpDownSampler, feedback_levels
 class HistoryTower(nn.Module):
     """Mean of ``ReLU(W [E_fb(r); E_id(p)] + b)`` over the unmasked (partner, level) pairs.
 
-    Where it is cheaper (``P·(R+1+d) <= B·N·d``: true on MovieLens, false for a catalogue far larger than a batch)
-    it computes the hidden vector of every (partner, level) combination once, ``ReLU(E W_id^T + (E_fb W_fb^T + b))``
-    [P·(R+1), hidden], and pools the rows each history picks with one ``embedding_bag``: the same numbers without
-    the [B, N, hidden] tensor or the [B·N, d] x [d, hidden] product.
+    A batch's B·N slots hold far fewer distinct (partner, level) pairs (ml-1m users 1-2,999: ~6k of 20k), so the
+    hidden vector is computed once per distinct pair, and the partner projection ``E_id(p) W_id^T`` once per
+    distinct partner, then one ``embedding_bag`` pools the rows each history picks: the same numbers as per slot,
+    without the [B, N, hidden] tensor.
 
     partners, feedback, mask: [B, N] -> [B, hidden]
     """
@@ -53,17 +53,14 @@ class HistoryTower(nn.Module):
         self.project = nn.Linear(2 * embedding_size, hidden_size)
 
     def forward(self, partners: torch.Tensor, feedback: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        n_partners, d = self.partner_embedding.weight.shape
+        d, levels = self.partner_embedding.embedding_dim, self.feedback_embedding.num_embeddings
         w_fb, w_id = self.project.weight[:, :d], self.project.weight[:, d:]
-        fb = self.feedback_embedding.weight @ w_fb.T + self.project.bias  # [R+1, hidden]
-        weights = mask.to(fb.dtype)
-        levels = fb.shape[0]
-        if n_partners * (levels + d) <= partners.numel() * d:
-            table = torch.relu((self.partner_embedding.weight @ w_id.T).unsqueeze(1) + fb).flatten(0, 1)
-            total = F.embedding_bag(partners * levels + feedback, table, per_sample_weights=weights, mode="sum")
-        else:
-            hidden = torch.relu(fb[feedback] + self.partner_embedding(partners) @ w_id.T)
-            total = (hidden * weights.unsqueeze(-1)).sum(1)
+        pairs, slot_pair = torch.unique(partners * levels + feedback, return_inverse=True)  # [U], [B, N]
+        ids, pair_id = torch.unique(pairs // levels, return_inverse=True)  # [P'], [U]
+        fb = self.feedback_embedding.weight @ w_fb.T + self.project.bias  # [levels, hidden]
+        rows = torch.relu((self.partner_embedding(ids) @ w_id.T)[pair_id] + fb[pairs % levels])  # [U, hidden]
+        weights = mask.to(rows.dtype)
+        total = F.embedding_bag(slot_pair, rows, per_sample_weights=weights, mode="sum")
         return total / weights.sum(1, keepdim=True).clamp(min=1)
 
 

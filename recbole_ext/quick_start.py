@@ -24,6 +24,9 @@ class DatasetNotFound(FileNotFoundError):
 def load_dataset(config: Config):
     """RecBole's ``create_dataset`` (which downloads known datasets when missing), with a one-line error
     naming the converter when the files are absent and the download fails."""
+    from recbole_ext.data import mfn
+
+    mfn.ensure(Path(config["data_path"]).parent, config["dataset"])  # generated when absent, as ml-100k ships
     try:
         return create_dataset(config)
     except (Exception, SystemExit) as exc:

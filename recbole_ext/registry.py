@@ -151,6 +151,9 @@ def _wrap_config() -> None:
             if not preset.is_file():
                 raise ValueError(f"protocol: unknown value {protocol!r}; choose one of {protocols()}")
             self._update_internal_config_dict(str(preset))
+        if merged.get("task") == "user_classification":  # one row per user, the label a user field
+            self._update_internal_config_dict(str(properties_dir() / "protocol" / "user_classification.yaml"))
+            self.internal_config_dict["LABEL_FIELD"] = merged.get("label")
         if protocol == "libfm" and "MSE" not in getattr(model_class, "config_choices", {}).get("loss_type", ()):
             raise ValueError(f"protocol libfm: {model} trains with BCE on 0/1 labels and cannot regress its ±1 labels; "
                              "use a model with loss_type MSE (IFM, INN, DeepIFM) or 0/1 labels (protocol ctr)")

@@ -184,6 +184,10 @@ def install_hooks() -> None:
     build, inter_num_filter = SequentialDataset.build, SequentialDataset._filter_by_inter_num
 
     def build_hook(self):
+        if self.config["task"] == "user_classification":
+            from recbole_ext.data.mfn import user_task_build
+
+            return user_task_build(self)
         return comirec_build(self) if eval_protocol(self.config) == "comirec" else build(self)
 
     def filter_hook(self):  # ComiRec's one-pass filter first; RecBole's intervals still apply when set

@@ -121,7 +121,8 @@ class SequentialTrainLoader(TrainDataLoader):
             negatives = self.epoch_negatives.to(device)
         for start in range(0, n, self.step):
             index = order[start:start + self.step]
-            batch = self.transform(self._dataset, Interaction({k: v[index] for k, v in self.fields.items()}))
+            batch = self._dataset.join(Interaction({k: v[index] for k, v in self.fields.items()}))  # user/item fields
+            batch = self.transform(self._dataset, batch)
             if negatives is not None:  # RecBole's layout: negative j of row i at j * B + i
                 batch = self.sampling_func(batch, negatives[index].T.reshape(-1))
             yield batch

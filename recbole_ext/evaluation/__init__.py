@@ -1,12 +1,13 @@
 """Evaluation pieces RecBole lacks; they feed RecBole's own Collector and metric classes."""
 
+from recbole_ext.evaluation.classification import F1, Accuracy, ClassAUC, ClassPrecision, ClassRecall
 from recbole_ext.evaluation.comirec import ComiRecNDCG
 from recbole_ext.evaluation.ranking import pessimistic_rank, rank_scores
 from recbole_ext.evaluation.regression import ClippedRMSE
 
-METRICS = (ComiRecNDCG, ClippedRMSE)
+METRICS = (ComiRecNDCG, ClippedRMSE, ClassAUC, Accuracy, ClassPrecision, ClassRecall, F1)
 
-__all__ = ["ClippedRMSE", "ComiRecNDCG", "pessimistic_rank", "rank_scores", "register_metrics"]
+__all__ = ["Accuracy", "ClassAUC", "ClassPrecision", "ClassRecall", "ClippedRMSE", "F1", "ComiRecNDCG", "pessimistic_rank", "rank_scores", "register_metrics"]
 
 
 def register_metrics() -> None:

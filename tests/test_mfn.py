@@ -1,0 +1,141 @@
+"""MFN: the generator and its oracle, the leakage mask, blocks by hand, the ablation switches, the classification
+metrics, and both tasks through RecBole's run_recbole on the tiny synthetic set."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from recbole.quick_start import run_recbole
+from recbole.utils import init_seed
+
+from recbole_ext.data import mfn as mfn_data
+from recbole_ext.evaluation import F1, Accuracy, ClassAUC
+from recbole_ext.model.layers import FastDropout
+from recbole_ext.model.sequential.mfn import category_means, info_nce
+from recbole_ext.quick_start import _build, build_config
+from recbole_ext.trainer.base import resolve_trainer
+
+TINY = "mfn-synthetic-tiny"
+SMALL = {"hidden_size": 16, "inner_size": 32, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 20, "show_progress": False,
+         "state": "ERROR", "epochs": 1, "train_batch_size": 128, "eval_batch_size": 256, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("data")
+    mfn_data.generate(root, TINY, seed=5)
+    return {**SMALL, "data_path": str(root)}
+
+
+def build(synthetic, tmp_path, **extra):
+    config = build_config("MFN", TINY, config_dict={**synthetic, "checkpoint_dir": str(tmp_path / "saved"), **extra})
+    init_seed(config["seed"], True)
+    return config, *_build(config)
+
+
+def test_generator_is_seeded_stamped_and_its_views_predict_together(tmp_path, synthetic):
+    for seed in (5, 5, 6):
+        mfn_data.generate(tmp_path / str(seed), TINY, seed=seed)
+    files = [(tmp_path / s / TINY / f"{TINY}.user").read_text() for s in ("5", "6")]
+    assert files[0] == (tmp_path / synthetic["data_path"] / TINY / f"{TINY}.user").read_text() and files[0] != files[1]
+    stamp = json.loads((tmp_path / "5" / TINY / f"{TINY}.json").read_text())
+    assert stamp["seed"] == 5 and stamp["version"] == mfn_data.VERSION and stamp["users"] == 200
+    user = pd.read_csv(tmp_path / "5" / TINY / f"{TINY}.user", sep="\t")
+    times = user["macro_time_seq:float_seq"].str.split().map(lambda t: np.diff(np.array(t, float)))
+    assert times.map(lambda d: (d > 0).all()).all()  # macro events in time order, an app once
+    assert user["macro_app_seq:token_seq"].str.split().map(lambda a: len(a) == len(set(a))).all()
+    auc = mfn_data.oracle(tmp_path / "5", TINY, "gender")
+    assert auc["both"] > max(auc["macro"], auc["micro"]) and min(auc.values()) > 0.5  # 20 test users: coarse
+
+
+@pytest.mark.slow
+def test_calibration_size_oracle(tmp_path):
+    mfn_data.generate(tmp_path, "mfn-synthetic")
+    for label in ("gender", "active"):
+        auc = mfn_data.oracle(tmp_path, "mfn-synthetic", label)
+        assert auc["both"] > max(auc["macro"], auc["micro"]) + 0.02, (label, auc)
+
+
+def test_macro_events_at_or_after_the_row_time_never_reach_the_encoder(synthetic, tmp_path):
+    _, net, *_ = build(synthetic, tmp_path)
+    net.eval()
+    row = {"macro_app_seq": torch.tensor([[3, 4, 5, 6, 0]]), "macro_cate_seq": torch.tensor([[1, 2, 1, 2, 0]]),
+           "macro_time_seq": torch.tensor([[1.0, 5.0, 9.0, 12.0, 0.0]]), "timestamp": torch.tensor([9.0])}
+    apps, cates, length = net.macro_view(row)
+    assert apps.tolist() == [[3, 4, 0, 0, 0]] and cates.tolist() == [[1, 2, 0, 0, 0]] and length.tolist() == [2]
+    u, _ = net.macro(apps, length)
+    changed = {**row, "macro_app_seq": torch.tensor([[3, 4, 9, 8, 0]])}  # the future apps differ
+    assert torch.equal(u, net.macro(*net.macro_view(changed)[::2])[0])
+    empty = {**row, "timestamp": torch.tensor([0.5])}
+    apps, _, length = net.macro_view(empty)
+    assert length.tolist() == [0] and (net.macro(apps, length)[0] == 0).all()  # no NaN from an empty view
+
+
+def test_blocks_by_hand():
+    emb = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [9.0, 9.0]]])
+    means, present = category_means(emb, torch.tensor([[1, 2, 1, 0]]), 3)
+    assert means.tolist() == [[[0.0, 0.0], [3.0, 2.0], [3.0, 2.0]]] and present.tolist() == [[False, True, True]]
+    x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    # S = x I yᵀ = [[2, 0], [0, 1]] is symmetric: both directions give the same cross-entropy
+    expected = -(math.log(math.exp(2) / (math.exp(2) + 1)) + math.log(math.e / (1 + math.e))) / 2
+    assert info_nce(x, y, torch.eye(2), 1.0).item() == pytest.approx(expected)
+    assert info_nce(x[:1], y[:1], torch.eye(2), 1.0).item() == 0.0  # no negatives, no term
+    drop = FastDropout(0.2)
+    ones = torch.ones(200_000)
+    out = drop(ones)
+    assert abs((out == 0).float().mean().item() - 51 / 256) < 0.005 and abs(out.mean().item() - 1) < 0.01
+    assert torch.equal(drop.eval()(ones), ones)
+
+
+def grads(net, batch) -> dict[str, bool]:
+    net.zero_grad()
+    loss = net.calculate_loss(batch)
+    (sum(loss) if isinstance(loss, tuple) else loss).backward()
+    return {name: p.grad is not None and p.grad.abs().sum().item() > 0 for name, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("switch, off", [({"views": "micro"}, ("macro.", "affinity", "gate.", "conv.", "mim_critic")),
+                                         ({"views": "macro"}, ("micro.", "affinity", "gate.", "mim_critic")),
+                                         ({"mim_weight": 0.0}, ("mim_critic",)), ({"gate": "off"}, ("gate.",))])
+def test_each_ablation_really_removes_its_part(synthetic, tmp_path, switch, off):
+    _, net, train, _, _ = build(synthetic, tmp_path, **switch)
+    net.train()
+    used = grads(net, next(iter(train)))
+    assert not any(flag for name, flag in used.items() if name.startswith(off))
+    _, full, train, _, _ = build(synthetic, tmp_path)
+    full.train()
+    assert any(flag for name, flag in grads(full, next(iter(train))).items() if name.startswith(off))
+    if "mim_weight" in switch:
+        assert isinstance(net.calculate_loss(next(iter(train))), torch.Tensor)
+
+
+def test_classification_metrics_by_hand():
+    preds, trues = np.array([0.9, 0.2, 0.6, 0.4]), np.array([1.0, 0.0, 0.0, 1.0])
+    assert ClassAUC.metric_info(None, preds, trues) == 0.75
+    assert Accuracy.metric_info(None, preds, trues) == 0.5 and F1.metric_info(F1, preds, trues) == 0.5
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    labels = np.array([0.0, 1.0, 2.0, 1.0])
+    assert Accuracy.metric_info(None, probs, labels) == 0.75  # arg-max 0, 1, 2, 0
+    # one-vs-rest AUCs 1, 0.875 (class 1: scores .8, .3 against .2, .3, one tie), 1
+    assert ClassAUC.metric_info(None, probs, labels) == pytest.approx((1 + 0.875 + 1) / 3)
+
+
+def test_both_tasks_run_through_run_recbole(synthetic, tmp_path):
+    base = {**synthetic, "checkpoint_dir": str(tmp_path / "saved")}
+    rec = run_recbole(model="MFN", dataset=TINY, config_dict=base)
+    assert set(rec["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
+    for label in ("gender", "age"):
+        user = run_recbole(model="MFN", dataset=TINY, config_dict={**base, "task": "user_classification",
+                                                                    "label": label})
+        assert {"classauc", "accuracy", "f1"} <= set(user["test_result"])
+    config, net, train, valid, test = build(synthetic, tmp_path, task="user_classification", label="age", epochs=4)
+    assert net.head.out_features == 5 and [len(d.dataset) for d in (train, valid, test)] == [160, 20, 20]
+    users = [set(d.dataset.inter_feat["user_id"].tolist()) for d in (train, valid, test)]
+    assert not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])  # one row per user, disjoint
+    trainer = resolve_trainer(config)(config, net)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+    losses = [sum(v) if isinstance(v, tuple) else v for v in trainer.train_loss_dict.values()]
+    assert losses[-1] < losses[0]

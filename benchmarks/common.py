@@ -69,19 +69,21 @@ def plot_curves(out, prefix: str, png: str, metric: str) -> None:
 
 
 def one_thread_epoch(spec: dict, batches: int = 20) -> float:
-    """Seconds per training epoch on one thread, from ``batches`` timed steps (after 2 warm-up steps)."""
+    """Seconds per training epoch on one thread, from ``batches`` timed steps (after 2 warm-up steps) with the
+    optimizer the run's trainer builds (e.g. fused Adam)."""
     import time
 
     import torch
 
     import recbole_ext  # noqa: F401  (registers the models)
     from recbole_ext.quick_start import _build, build_config
+    from recbole_ext.trainer.base import resolve_trainer
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     config = build_config(spec["model"], spec["dataset"], config_dict=spec["config"])
     net, train, _, _ = _build(config)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config["learning_rate"])
+    optimizer = resolve_trainer(config)(config, net).optimizer
     times = []
     for step, interaction in enumerate(train):
         start = time.perf_counter()

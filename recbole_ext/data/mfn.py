@@ -163,7 +163,7 @@ def oracle(folder: Path, name: str, label: str = "gender", seed: int = 2020) -> 
     from sklearn.metrics import roc_auc_score
 
     index, macro, micro, labels = view_features(folder, name)
-    train, _, test = split_users(np.arange(len(index)), seed, [0.8, 0.1, 0.1])
+    train, _, test = split_by_token(index.to_numpy(), seed, [0.8, 0.1, 0.1])
     y = labels[label].to_numpy().astype(int)
     out = {}
     for view, x in (("macro", macro), ("micro", micro), ("both", np.hstack([macro, micro]))):
@@ -175,6 +175,13 @@ def oracle(folder: Path, name: str, label: str = "gender", seed: int = 2020) -> 
 
 
 
+def split_by_token(tokens: np.ndarray, seed: int, ratios: list[float]) -> tuple[np.ndarray, ...]:
+    """Positions in ``tokens`` of each part of a seeded user split made over the sorted raw ids, so that RecBole's
+    remapped ids and a plain file read (the oracle) put the same users in the same part."""
+    order = np.argsort(tokens, kind="stable")
+    return tuple(order[part] for part in split_users(np.arange(len(tokens)), seed, ratios))
+
+
 def user_task_build(dataset) -> list:
     """[train, valid, test] of the user-level task from a loaded ``SequentialDataset``: each user's last
     augmented row (its micro history up to its last event, whose time is the row's observation cutoff), users
@@ -184,7 +191,8 @@ def user_task_build(dataset) -> list:
     dataset._change_feat_format()  # DataFrame -> Interaction, then RecBole's prefix augmentation (sorted by user)
     config, feat = dataset.config, dataset.inter_feat
     users = feat[dataset.uid_field].numpy()
-    _, start, counts = np.unique(users, return_index=True, return_counts=True)
+    ids, start, counts = np.unique(users, return_index=True, return_counts=True)
     last = start + counts - 1
-    parts = split_users(np.arange(len(last)), int(config["user_split_seed"]), list(config["user_split"]))
+    tokens = np.asarray(dataset.field2id_token[dataset.uid_field])[ids]
+    parts = split_by_token(tokens, int(config["user_split_seed"]), list(config["user_split"]))
     return [dataset.copy(feat[torch.as_tensor(np.sort(last[part]))]) for part in parts]

@@ -54,21 +54,27 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
     return write_page(out, "ifm", "IFM benchmark (CTR protocol)", intro, table, REFERENCE, "valid_auc")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def ctr_main(script: str, name: str, doc: str, models: dict[str, dict], base: dict, summarise) -> None:
+    """The CTR benchmarks' command line: ``models`` (row label -> overrides; the model is the label's first word),
+    each run on ``base`` + its overrides, its overrides shown as ``settings``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-1m-half", choices=["ml-1m-half", "ml-100k"])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=list(models), choices=list(models))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--max_epochs", type=int, default=10, help="the epoch budget of every model")
-    parsed = parse(ap, "ifm", one_run, summarise)
+    parsed = parse(ap, name, one_run, summarise)
     if parsed is None:
         return
     args, data_path, out, csv = parsed
     ensure_ml1m_half(data_path)
-    runs = {model: (model, {**COMMON, **MODELS[model]},
-                    {"settings": " ".join(f"{k}={v}" for k, v in MODELS[model].items()) or "yaml"})
-            for model in args.models}
-    grid(__file__, "ifm", args, data_path, out, csv, "ctr", runs, "model", summarise, [args.dataset])
+    runs = {tag: (tag.split()[0], {**base, **models[tag]},
+                  {"settings": " ".join(f"{k}={v}" for k, v in models[tag].items()) or "yaml"}) for tag in args.models}
+    grid(script, name, args, data_path, out, csv, "ctr", runs, "model", summarise, [args.dataset])
+
+
+def main() -> None:
+    ctr_main(__file__, "ifm", __doc__, MODELS, COMMON, summarise)
+
 
 if __name__ == "__main__":
     main()

@@ -18,13 +18,12 @@ seeds) and ``marif_curves.png`` (valid AUC per epoch).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from common import ensure_ml1m_half, grid, mean_std_table, parse, write_page
-from ifm import one_run  # the same measurements (AUC, LogLoss, costs) as the IFM benchmark
+from common import mean_std_table, write_page
+from ifm import ctr_main  # the same runs and measurements (AUC, LogLoss, costs) as the IFM benchmark
 
 BASELINE = {"embedding_size": 16, "train_batch_size": 4096}
 RECBOLE = {**BASELINE, "learner": "adam", "learning_rate": 0.01}
@@ -55,19 +54,7 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="ml-1m-half", choices=["ml-1m-half", "ml-100k"])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--max_epochs", type=int, default=10, help="the epoch budget of every model")
-    parsed = parse(ap, "marif", one_run, summarise)
-    if parsed is None:
-        return
-    args, data_path, out, csv = parsed
-    ensure_ml1m_half(data_path)
-    runs = {tag: (tag.split()[0], MODELS[tag], {"settings": " ".join(f"{k}={v}" for k, v in MODELS[tag].items())
-                                                or "yaml"}) for tag in args.models}
-    grid(__file__, "marif", args, data_path, out, csv, "ctr", runs, "model", summarise, [args.dataset])
+    ctr_main(__file__, "marif", __doc__, MODELS, {}, summarise)
 
 
 if __name__ == "__main__":

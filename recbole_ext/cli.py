@@ -1,7 +1,7 @@
 """``run_recbole_ext.py``: RecBole's ``run_recbole.py`` flags plus dataset conversion and listing.
 
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
-    python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm --src=PATH [--dataset=NAME] [--data_path=dataset/]
+    python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm|mfn-ml1m --src=PATH [--dataset=NAME] [--data_path=dataset/]
     python run_recbole_ext.py --list
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --tune=space.yaml [--num_samples=N --scheduler=asha ...]
 
@@ -25,8 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", "-d", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
     p.add_argument("--config_files", default=None, help="space-separated YAML files")
     p.add_argument("--list", action="store_true", help="list plugin and RecBole models, protocols, local datasets")
-    p.add_argument("--convert", choices=["ml-1m", "rechorus", "comirec", "libfm"],
-                   help="convert raw files (MovieLens-1M .dat, a ReChorus folder, ComiRec's split, libFM) and exit")
+    p.add_argument("--convert", choices=["ml-1m", "rechorus", "comirec", "libfm", "mfn-ml1m"],
+                   help="convert raw files (MovieLens-1M .dat, a ReChorus folder, ComiRec's split, libFM, MovieLens-1M "
+                        "as MFN's two views) and exit")
     p.add_argument("--fields", help="--convert=libfm: comma-separated field names, one per position")
     p.add_argument("--field_map", help="--convert=libfm: a file of 'name first_index last_index' lines, one per field")
     p.add_argument("--src", help="folder with the raw files for --convert")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.src:
                 raise ValueError("--convert needs --src=FOLDER with the raw files")
-            default_name = "ml-1m" if args.convert == "ml-1m" else Path(args.src).name
+            default_name = {"ml-1m": "ml-1m", "mfn-ml1m": "ml-1m-mfn"}.get(args.convert, Path(args.src).name)
             extra = {}
             if args.convert == "libfm":
                 from recbole_ext.data.convert import read_field_map

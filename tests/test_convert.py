@@ -8,7 +8,7 @@ import pytest
 
 from recbole_ext import run
 from recbole_ext.data import convert
-from recbole_ext.data.convert import convert_ml1m, convert_rechorus
+from recbole_ext.data.convert import convert_mfn_ml1m, convert_ml1m, convert_rechorus
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -110,3 +110,23 @@ def test_grocery_conversion_matches_reference_counts(tmp_path):
     train, valid, test = data_preparation(config, create_dataset(config))
     assert len(train.dataset) == 107_211  # ReChorus's training instances (rows with a non-empty history)
     assert tuple(valid._sampler.negatives.shape) == tuple(test._sampler.negatives.shape) == (14_681, 99)
+
+
+def test_mfn_ml1m_views_stop_at_the_cutoff(tmp_path):
+    src = tmp_path / "raw"
+    src.mkdir()
+    (src / "movies.dat").write_text("1::A (1995)::Drama|Comedy\n2::B (1987)::Drama\n3::C (1996)::Comedy\n",
+                                    encoding="latin-1")
+    (src / "users.dat").write_text("1::F::25::1::111\n2::M::1::2::222\n", encoding="latin-1")
+    # user 1: times 0..100, cutoff 90: the ratings at 95 and 100 leave the views and make it active (2 >= 2)
+    rows = [(1, 1, 0), (1, 2, 10), (1, 3, 20), (1, 1, 30), (1, 2, 95), (1, 3, 100), (2, 3, 0), (2, 1, 100)]
+    (src / "ratings.dat").write_text("".join(f"{u}::{i}::4::{t}\n" for u, i, t in rows), encoding="latin-1")
+    out = convert_mfn_ml1m(src, tmp_path / "data", "mfn", active_min=2)
+    inter = pd.read_csv(out / "mfn.inter", sep="\t")
+    user = pd.read_csv(out / "mfn.user", sep="\t").set_index("user_id:token")
+    assert inter.groupby("user_id:token").size().to_dict() == {1: 4, 2: 1}  # nothing after 90 % of the span
+    # first touches of (first genre x decade): Drama|d1990 at 0, Drama|d1980 at 10, Comedy|d1990 at 20
+    assert user.loc[1, "macro_app_seq:token_seq"] == "Drama|d1990 Drama|d1980 Comedy|d1990"
+    assert user.loc[1, "macro_time_seq:float_seq"] == "0 10 20" and user.loc[1, "macro_cate_seq:token_seq"] == "d1990 d1980 d1990"
+    assert user["active:float"].tolist() == [1.0, 0.0] and user["gender:float"].tolist() == [0.0, 1.0]
+    assert user["age:float"].tolist() == [2.0, 0.0]

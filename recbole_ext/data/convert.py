@@ -105,6 +105,55 @@ def convert_ml1m(src: str | Path, data_path: str | Path = "dataset", name: str =
     return _publish(build, data_path, name)
 
 
+AGES = ["1", "18", "25", "35", "45", "50", "56"]  # MovieLens-1M's age codes -> class 0..6
+
+
+def convert_mfn_ml1m(src: str | Path, data_path: str | Path = "dataset", name: str = "ml-1m-mfn",
+                     active_min: int = 5, macro_len: int = 50) -> Path:
+    """MovieLens-1M as MFN's two views (specs/mfn.md §5.1): micro = the time-ordered ratings, ``item_cate`` the
+    movie's first genre; macro = the first time the user touches each (first genre x release decade) bucket, the
+    app category its decade. Each user's inputs stop at 90 % of its own time span; ``active`` = at least
+    ``active_min`` ratings after that cutoff (those ratings are removed from both views); ``gender`` F/M -> 0/1,
+    ``age`` code -> class 0..6. The macro view is a function of the micro one here: expect MFN ~ a single view."""
+    src = Path(src)
+    ratings = _read_dat(src / "ratings.dat", ["user_id", "item_id", "rating", "timestamp"])
+    users = _read_dat(src / "users.dat", ["user_id", "gender", "age", "occupation", "zip_code"])
+    movies = _read_dat(src / "movies.dat", ["item_id", "title", "genres"]).set_index("item_id")
+    year = movies.title.str.extract(r"\((\d{4})\)\s*$")[0].astype(float)
+    first_genre = movies.genres.str.split("|").str[0]
+    decade = "d" + (year // 10 * 10).fillna(0).astype(int).astype(str)
+    ratings["timestamp"] = ratings.timestamp.astype(np.int64)
+    ratings = ratings.sort_values(["user_id", "timestamp"], kind="stable")
+    span = ratings.groupby("user_id").timestamp.agg(["min", "max"])
+    cutoff = ratings.user_id.map(span["min"] + 0.9 * (span["max"] - span["min"]))
+    after = ratings.timestamp > cutoff
+    active = after.groupby(ratings.user_id).sum() >= active_min
+    micro = ratings[~after]
+    bucket = micro.item_id.map(first_genre) + "|" + micro.item_id.map(decade)
+    touches = micro.assign(app=bucket.to_numpy(), cate=micro.item_id.map(decade).to_numpy()).drop_duplicates(
+        ["user_id", "app"])
+    macro = touches.groupby("user_id").tail(macro_len).groupby("user_id").agg(
+        app=("app", " ".join), cate=("cate", " ".join), time=("timestamp", lambda t: " ".join(map(str, t))))
+    users = users.set_index("user_id").loc[span.index]
+    user = pd.DataFrame({"user_id:token": span.index,
+                         "macro_app_seq:token_seq": macro.app.reindex(span.index).fillna("").to_numpy(),
+                         "macro_cate_seq:token_seq": macro.cate.reindex(span.index).fillna("").to_numpy(),
+                         "macro_time_seq:float_seq": macro.time.reindex(span.index).fillna("").to_numpy(),
+                         "gender:float": (users.gender == "M").astype(float).to_numpy(),
+                         "age:float": users.age.map(AGES.index).astype(float).to_numpy(),
+                         "active:float": active.reindex(span.index).astype(float).to_numpy()})
+    inter = pd.DataFrame({"user_id:token": micro.user_id, "item_id:token": micro.item_id,
+                          "timestamp:float": micro.timestamp})
+    item = pd.DataFrame({"item_id:token": movies.index, "item_cate:token": first_genre.to_numpy()})
+
+    def build(tmp: Path) -> None:
+        _write_atomic(inter, tmp / "__NAME__.inter")
+        _write_atomic(user, tmp / "__NAME__.user")
+        _write_atomic(item, tmp / "__NAME__.item")
+
+    return _publish(build, data_path, name)
+
+
 def _negatives(frame: pd.DataFrame) -> pd.DataFrame:
     negs = frame.neg_items.map(lambda text: " ".join(str(i) for i in ast.literal_eval(text)))
     return pd.DataFrame({"user_id:token": frame.user_id, "item_id:token": frame.item_id, "neg_items:token_seq": negs})
@@ -257,4 +306,5 @@ def convert_libfm(src: str | Path, data_path: str | Path = "dataset", name: str 
     return _publish(build, data_path, name)
 
 
-CONVERTERS = {"ml-1m": convert_ml1m, "rechorus": convert_rechorus, "comirec": convert_comirec, "libfm": convert_libfm}
+CONVERTERS = {"ml-1m": convert_ml1m, "rechorus": convert_rechorus, "comirec": convert_comirec, "libfm": convert_libfm,
+              "mfn-ml1m": convert_mfn_ml1m}

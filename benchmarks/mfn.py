@@ -1,5 +1,5 @@
 """MFN benchmark on the synthetic two-view set (``mfn-synthetic``, the spec's calibration size, generated when
-absent): MFN against its ablations on the user-level tasks, beside the generator's logistic-regression oracle, and
+absent; ``--dataset ml-1m-mfn``: ml-1m users 1-2,999 as two views, ``--convert=mfn-ml1m``): MFN against its ablations on the user-level tasks, beside the generator's logistic-regression oracle, and
 against RecBole's SASRec on the micro view for next-item recommendation.
 
 * User tasks (``task: user_classification``; one row per user, users 8:1:1 by ``user_split_seed``, the same users
@@ -56,7 +56,7 @@ def one_run(spec: dict) -> dict:
 def summarise(frame: pd.DataFrame, out: Path) -> str:
     cols = ["epochs", "parameters", "valid_score", *(f"test_{m}" for m in METRICS), "s/epoch_train",
             "s/epoch_1thread", "peak_rss_mb"]
-    table = mean_std_table(frame, ["task", "label", "variant", "max_epochs"], cols, ("test", "valid"))
+    table = mean_std_table(frame, ["dataset", "task", "label", "variant", "max_epochs"], cols, ("test", "valid"))
     intro = ("Test metrics of the best valid epoch (ClassAUC for user tasks, NDCG@10 for next item), mean ± std over "
              "seeds (model seeds; the user split is fixed). `oracle` rows: the generator's logistic regression, no "
              "training epochs. `s/epoch_1thread`: 20 batches timed on one thread, scaled to the epoch.")
@@ -65,6 +65,8 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="mfn-synthetic", choices=["mfn-synthetic", "ml-1m-mfn"],
+                    help="ml-1m-mfn: ml-1m (users 1-2,999) as two views, converted from ../shared/data when absent")
     ap.add_argument("--tasks", nargs="+", default=["user_classification"], choices=["user_classification", "next_item"])
     ap.add_argument("--labels", nargs="+", default=["gender"], choices=["gender", "active", "age"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -76,7 +78,11 @@ def main() -> None:
     args, data_path, out, csv = parsed
     from recbole_ext.data import mfn as mfn_data
 
-    mfn_data.ensure(data_path, "mfn-synthetic")
+    if args.dataset == "ml-1m-mfn" and not (data_path / "ml-1m-mfn").is_dir():
+        from recbole_ext.data.convert import convert_mfn_ml1m
+
+        convert_mfn_ml1m(Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-first-half", data_path)
+    mfn_data.ensure(data_path, args.dataset)
     for task in args.tasks:
         labels = args.labels if task == "user_classification" else ["-"]
         for label in labels:
@@ -87,12 +93,12 @@ def main() -> None:
             if task == "next_item":
                 runs["SASRec"] = ("SASRec", SASREC, {"variant": "SASRec (micro view)", "task": task, "label": label})
             else:
-                for view, auc in mfn_data.oracle(data_path, "mfn-synthetic", label).items():
-                    row = {"dataset": "mfn-synthetic", "variant": f"oracle ({view})", "task": task, "label": label,
+                for view, auc in mfn_data.oracle(data_path, args.dataset, label).items():
+                    row = {"dataset": args.dataset, "variant": f"oracle ({view})", "task": task, "label": label,
                            "seed": 0, "max_epochs": 0, "status": "ok", "test_classauc": auc}
                     print(json.dumps(row), flush=True)
                     append_row(csv, row)
-            grid(__file__, "mfn", args, data_path, out, csv, "recbole", runs, "run", summarise, ["mfn-synthetic"])
+            grid(__file__, "mfn", args, data_path, out, csv, "recbole", runs, "run", summarise, [args.dataset])
 
 
 if __name__ == "__main__":

@@ -140,9 +140,10 @@ def ensure(folder: Path, name: str) -> None:
 def view_features(folder: Path, name: str) -> tuple[pd.Index, np.ndarray, np.ndarray, pd.DataFrame]:
     """Per user: macro and micro category histograms (normalised) plus log length, and the labels."""
     base = Path(folder) / name
-    inter = pd.read_csv(base / f"{name}.inter", sep="\t")
-    items = pd.read_csv(base / f"{name}.item", sep="\t").set_index("item_id:token")["item_cate:token"]
-    users = pd.read_csv(base / f"{name}.user", sep="\t").set_index("user_id:token")
+    ids = {"user_id:token": str, "item_id:token": str}  # raw tokens, as RecBole reads them (the split sorts them)
+    inter = pd.read_csv(base / f"{name}.inter", sep="\t", dtype=ids)
+    items = pd.read_csv(base / f"{name}.item", sep="\t", dtype=ids).set_index("item_id:token")["item_cate:token"]
+    users = pd.read_csv(base / f"{name}.user", sep="\t", dtype=ids).set_index("user_id:token")
 
     def histogram(cates: pd.Series) -> pd.DataFrame:
         counts = pd.crosstab(cates.index, cates.values)

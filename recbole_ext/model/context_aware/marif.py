@@ -33,6 +33,7 @@ from recbole.utils import FeatureType, InputType, ModelType
 from torch import nn
 
 from recbole_ext.data.history import REMAINDER, UpDownSampler, feedback_levels
+from recbole_ext.model.layers import FastDropout
 
 
 class HistoryTower(nn.Module):
@@ -128,7 +129,7 @@ class MARIF(AbstractRecommender):
         self.item_profile = ProfileEmbedding(dataset.get_item_feature(), self._fields(config, dataset, "item"),
                                              dataset, profile)
         self.user_width = hidden + self.user_profile.width
-        self.dropout = nn.Dropout(config["dropout_prob"])
+        self.dropout = FastDropout(config["dropout_prob"])  # 0.3 -> 77/256; CPU bernoulli_ was a fifth of the step
         self.hidden = nn.Linear(self.user_width + hidden + self.item_profile.width, hidden)
         self.out = nn.Linear(hidden, 1)
         self.exclude_own = bool(config["exclude_own_interaction"])

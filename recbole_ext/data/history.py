@@ -16,8 +16,8 @@ Python per row (the reference spends 180 of its 290 s per epoch in that loop).
   the most interactions.
 * **The row's own interaction** is never in its own history: when the row's (entity, partner) pair is a training
   interaction, that entry is left out of its level (count minus one, the draw skips its position). The reference
-  keeps it in during training (a mild label leak: the target's own rating can be sampled); ``exclude_own=False``
-  at the call restores that. Valid/test rows are not in the pools anyway (a duplicate of the same pair in train
+  keeps it in during training (a mild label leak: the target's own rating can be sampled); calling with
+  ``partners=None`` restores that (MARIF's ``exclude_own_interaction: False``). Valid/test rows are not in the pools anyway (a duplicate of the same pair in train
   is left out too).
 * **Cold entities** (no training interaction left) get an all-False mask: their pooled vector is zero.
 

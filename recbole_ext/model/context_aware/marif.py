@@ -114,8 +114,8 @@ class MARIF(AbstractRecommender):
         if feedback not in rows:
             raise ValueError(f"feedback_field {feedback!r} is not an interaction field of {config['dataset']}; "
                              "set feedback_field to the rating field, or to the label field for 0/1 feedback")
-        levels, self.feedback_values = feedback_levels(rows[feedback].float())
-        n_levels, n_users, n_items = len(self.feedback_values), dataset.user_num, dataset.item_num
+        levels, values = feedback_levels(rows[feedback].float())
+        n_levels, n_users, n_items = len(values), dataset.user_num, dataset.item_num
         size, remainder = config["history_len"], config["remainder_policy"]
         users, items = rows[self.USER_ID], rows[self.ITEM_ID]
         self.user_history = UpDownSampler(users, items, levels, n_users, n_items, n_levels, size, remainder)

@@ -1,11 +1,17 @@
-"""``run_recbole_ext.py``: RecBole's ``run_recbole.py`` flags plus dataset conversion and listing.
+"""``run_recbole_ext.py``: RecBole's ``run_recbole.py`` flags plus dataset conversion, listing, resume, and using a
+trained model.
 
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
+    python run_recbole_ext.py --resume=saved/TiMiRec-....pth            (continue an interrupted run)
+    python run_recbole_ext.py recommend --checkpoint=PATH --users=u1,u2 | --users_file=F [--k=10 --exclude_history]
+    python run_recbole_ext.py export --checkpoint=PATH --what=items|users|interests --format=npy|parquet|csv --output=F
     python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm|mfn-ml1m --src=PATH [--dataset=NAME] [--data_path=dataset/]
     python run_recbole_ext.py --list
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --tune=space.yaml [--num_samples=N --scheduler=asha ...]
 
-Any other ``--key=value`` is a RecBole config key (highest priority, typed by RecBole's own parser).
+Any other ``--key=value`` is a RecBole config key (highest priority, typed as Python literals: ``--topk=[5,10]``).
+It must be written ``--key=value``; a bare word, ``--key value``, or a key given twice with two values is an error,
+and so is a key no YAML knows (see :mod:`recbole_ext.validation`). Every error is one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -18,10 +24,19 @@ from pathlib import Path
 DEFAULT_MODEL, DEFAULT_DATASET = "TiMiRec", "ml-100k"
 
 
+class UsageError(ValueError):
+    """A command line that cannot mean what the user wants."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message and exits; one line, like every other error
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_recbole_ext.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
+    p = _Parser(prog="run_recbole_ext.py", description=__doc__, allow_abbrev=False,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", "-m", default=None, help=f"model name (default {DEFAULT_MODEL})")
     p.add_argument("--dataset", "-d", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
     p.add_argument("--config_files", default=None, help="space-separated YAML files")
     p.add_argument("--list", action="store_true", help="list plugin and RecBole models, protocols, local datasets")
@@ -32,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--field_map", help="--convert=libfm: a file of 'name first_index last_index' lines, one per field")
     p.add_argument("--src", help="folder with the raw files for --convert")
     p.add_argument("--data_path", default=None, help="where atomic datasets live (RecBole's data_path, default dataset/)")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue the interrupted run that saved CHECKPOINT")
     t = p.add_argument_group("Ray Tune sweep (--tune)")
     t.add_argument("--tune", metavar="SPACE", help="search-space file (RecBole hyper.test lines or YAML)")
     t.add_argument("--num_samples", type=int, default=1, help="samples per grid point (default 1)")
@@ -62,19 +78,36 @@ def _list(data_path: str) -> None:
     print(f"downloadable  : {', '.join(sorted(known))} (RecBole fetches them on first use)")
 
 
-def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None) -> int:
+def literal(value: str):
+    """A command-line value as RecBole types it: a Python literal, true/false/none, else the string."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return {"true": True, "false": False, "none": None}.get(value.lower(), value)
+
+
+def overrides(rest: list[str]) -> dict:
+    """The ``--key=value`` config flags argparse left over, typed; anything else is a one-line error."""
+    found: dict = {}
+    for i, arg in enumerate(rest):
+        following = rest[i + 1] if i + 1 < len(rest) else None
+        if not arg.startswith("--"):
+            hint = "; subcommands (recommend, export) come first" if arg in SUBCOMMANDS else ""
+            raise UsageError(f"unexpected argument {arg!r}{hint}")
+        key, sep, value = arg[2:].partition("=")
+        if not sep or not key:
+            example = following if following is not None and not following.startswith("-") else "VALUE"
+            raise UsageError(f"{arg}: config flags are written --key=value; write {arg}={example}")
+        typed = literal(value)
+        if key in found and found[key] != typed:
+            raise UsageError(f"--{key} is given twice with different values ({found[key]!r} and {typed!r})")
+        found[key] = typed
+    return found
+
+
+def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None, fixed: dict) -> int:
     from recbole_ext.tune import print_summary, run_sweep
 
-    fixed = {}  # the sweep's fixed settings: the --key=value flags, typed as RecBole's command line types them
-    for arg in sys.argv[1:]:
-        if not arg.startswith("--") or arg.count("=") < 1:
-            print(f"warning: {arg!r} is not --key=value; ignored", file=sys.stderr)
-            continue
-        key, _, value = arg[2:].partition("=")
-        try:
-            fixed[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            fixed[key] = {"true": True, "false": False}.get(value.lower(), value)
     result = run_sweep(args.model, dataset, args.tune, config_file_list=files, config_dict=fixed,
                        num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
                        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
@@ -84,10 +117,69 @@ def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None) -> i
     return 0
 
 
+SUBCOMMANDS = ("recommend", "export")
+
+
+def _use_parser(command: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"run_recbole_ext.py {command}", allow_abbrev=False,
+                description="top-k items per user" if command == "recommend" else "embeddings with their raw ids")
+    p.add_argument("--checkpoint", required=True, help="a .pth file saved by a training run")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    if command == "recommend":
+        who = p.add_mutually_exclusive_group(required=True)
+        who.add_argument("--users", help="comma-separated raw user ids")
+        who.add_argument("--users_file", help="a file with one raw user id per line")
+        p.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+        p.add_argument("--exclude_history", action="store_true", help="leave out items the user already has")
+        p.add_argument("--output", help="write the table as .csv or .json as well")
+    else:
+        from recbole_ext.inference import FORMATS, WHATS
+
+        p.add_argument("--what", choices=WHATS, required=True)
+        p.add_argument("--format", choices=FORMATS, default="npy")
+        p.add_argument("--output", required=True, help="file to write (npy: plus OUTPUT.ids.txt)")
+    return p
+
+
+def _use(command: str, argv: list[str]) -> int:
+    """``recommend`` / ``export``: a trained model, raw ids in and out."""
+    args = _use_parser(command).parse_args(argv)
+    from recbole_ext.inference import TrainedModel, write_embeddings
+
+    if command == "recommend":
+        if args.output and Path(args.output).suffix not in (".csv", ".json"):
+            raise UsageError(f"--output={args.output}: write .csv or .json")
+        if args.users_file:
+            if not Path(args.users_file).is_file():
+                raise FileNotFoundError(f"--users_file: {args.users_file} does not exist")
+            users = [line.strip() for line in Path(args.users_file).read_text().splitlines() if line.strip()]
+        else:
+            users = [u.strip() for u in args.users.split(",") if u.strip()]
+        if not users:
+            raise UsageError("no users given")
+        table = TrainedModel(args.checkpoint, args.device).recommend(users, args.k, args.exclude_history)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if args.output:
+            from recbole_ext.inference import _replace
+
+            out = Path(args.output)
+            _replace((lambda tmp: table.to_csv(tmp, index=False)) if out.suffix == ".csv"
+                     else (lambda tmp: table.to_json(tmp, orient="records", indent=1)), out)
+            print(f"wrote {out}")
+        return 0
+    ids, vectors = TrainedModel(args.checkpoint, args.device).embeddings(args.what)
+    files = write_embeddings(ids, vectors, args.format, args.output)
+    print(f"{args.what}: {vectors.shape[0]} x {' x '.join(map(str, vectors.shape[1:]))} -> {', '.join(map(str, files))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, rest = _parser().parse_known_args(argv)
     try:
+        if argv and argv[0] in SUBCOMMANDS:
+            return _use(argv[0], argv[1:])
+        args, rest = _parser().parse_known_args(argv)
+        fixed = overrides(rest)
         if args.list:
             _list(args.data_path or "dataset")
             return 0
@@ -109,20 +201,27 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         import recbole_ext
 
-        # RecBole's Config parses --key=value from sys.argv itself (typed, top priority): leave only those.
-        sys.argv = [sys.argv[0], *rest, *([f"--data_path={args.data_path}"] if args.data_path else [])]
+        sys.argv = sys.argv[:1]  # RecBole's Config would parse sys.argv again: the flags arrive as config_dict
+        if args.data_path:
+            fixed["data_path"] = args.data_path
         files = args.config_files.split() if args.config_files else None
-        dataset = args.dataset or DEFAULT_DATASET
-        if args.tune:
-            return _sweep(args, dataset, files)
-        result = recbole_ext.run(args.model, dataset, config_file_list=files)
+        if args.resume:
+            if files:
+                raise UsageError("--resume continues with the configuration saved in the checkpoint; drop --config_files")
+            result = recbole_ext.run(args.model, args.dataset, config_dict=fixed, resume=args.resume)
+        else:
+            args.model, args.dataset = args.model or DEFAULT_MODEL, args.dataset or DEFAULT_DATASET
+            if args.tune:
+                return _sweep(args, args.dataset, files, fixed)
+            result = recbole_ext.run(args.model, args.dataset, config_file_list=files, config_dict=fixed)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2
-    print(f"\n{args.model} on {args.dataset or DEFAULT_DATASET}: {result['epochs']} epochs, "
+    print(f"\n{result['model']} on {result['dataset']}: {result['epochs']} epochs, "
           f"best valid {result['best_valid_score']:.4f}")
     print("test:", "  ".join(f"{k} {float(v):.4f}" for k, v in result["test_result"].items()))
     if result["pretrain_test_result"]:
         print("test of the pretrain stage's model:",
               "  ".join(f"{k} {float(v):.4f}" for k, v in result["pretrain_test_result"].items()))
+    print(f"checkpoint: {result['checkpoint']}")
     return 0

@@ -11,14 +11,37 @@ import torch
 
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, init_logger, init_seed
+from recbole.utils import ModelType, get_model, init_logger, init_seed
 
 from recbole_ext import registry
-from recbole_ext.trainer.base import resolve_trainer
+from recbole_ext.validation import read_mapping
+from recbole_ext.trainer.base import RESUME_SUFFIX, resolve_trainer
 
 
 class DatasetNotFound(FileNotFoundError):
     """The dataset is neither in ``data_path`` nor downloadable."""
+
+
+def _not_found(config: Config, reason: str) -> DatasetNotFound:
+    return DatasetNotFound(
+        f"dataset {config['dataset']!r} is not in {Path(config['data_path']).parent}/ and {reason}; convert local raw "
+        f"files with: python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm --src=RAW_DIR "
+        f"--dataset={config['dataset']}")
+
+
+def check_dataset(config: Config) -> None:
+    """Fail now, in one line, when the dataset is neither in ``data_path`` nor one RecBole downloads or this package
+    generates (a sweep would otherwise fail once per trial)."""
+    import recbole
+    import yaml
+
+    from recbole_ext.data import mfn
+
+    downloadable = yaml.safe_load((Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml").read_text())
+    if (config["dataset"] in downloadable or config["dataset"] in mfn.SIZES
+            or any(Path(config["data_path"]).glob(f"{config['dataset']}*.inter"))):
+        return
+    raise _not_found(config, "RecBole cannot download it")
 
 
 def load_dataset(config: Config):
@@ -28,21 +51,25 @@ def load_dataset(config: Config):
 
     mfn.ensure(Path(config["data_path"]).parent, config["dataset"])  # generated when absent, as ml-100k ships
     try:
-        return create_dataset(config)
+        dataset = create_dataset(config)
     except (Exception, SystemExit) as exc:
-        folder = Path(config["data_path"])
-        if any(folder.glob(f"{config['dataset']}*.inter")):
+        if any(Path(config["data_path"]).glob(f"{config['dataset']}*.inter")):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DatasetNotFound(
-            f"dataset {config['dataset']!r} is not in {folder}/ and could not be downloaded ({reason}); "
-            f"convert local raw files with: python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm --src=RAW_DIR "
-            f"--dataset={config['dataset']}") from None
+        raise _not_found(config, f"could not be downloaded ({reason})") from None
+    time_field = config["TIME_FIELD"]
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL and time_field not in dataset.field2type:
+        raise ValueError(f"dataset {config['dataset']!r} has no {time_field!r} column, which {config['model']} needs to "
+                         f"order each user's history: add '{time_field}:float' to {config['dataset']}.inter (and to "
+                         "load_col if you set it), or set TIME_FIELD to the column that orders it")
+    return dataset
 
 
 def build_config(model: str, dataset: str, config_file_list: list[str] | None = None,
                  config_dict: dict | None = None) -> Config:
     registry.check_model(model)
+    for path in config_file_list or []:
+        read_mapping(path, "config_files")
     return Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
 
 
@@ -57,10 +84,29 @@ def _build(config: Config):
     return net, train_data, valid_data, test_data
 
 
-def run(model: str, dataset: str, config_file_list: list[str] | None = None, config_dict: dict | None = None,
+def resume_state(path: str) -> tuple[str, dict]:
+    """``path``: a run's checkpoint (``saved/<Model>-<time>.pth``) or one of its resume files.
+    -> (the run's checkpoint path, the saved state holding its configuration)"""
+    base = str(path)
+    for suffix in (RESUME_SUFFIX, "-pretrain.pth", "-fm.pth"):
+        if base.endswith(suffix):
+            base = base[:-len(suffix)] + ".pth"
+    stem = base[:-len(".pth")]
+    for candidate in (f"{stem}{RESUME_SUFFIX}", f"{stem}-pretrain{RESUME_SUFFIX}", f"{stem}-fm{RESUME_SUFFIX}"):
+        if Path(candidate).is_file():
+            return base, torch.load(candidate, map_location="cpu", weights_only=False)
+    raise FileNotFoundError(f"resume: no resume state for {path} (expected {stem}{RESUME_SUFFIX}, written after every "
+                            "epoch of a recbole_ext run); pass the checkpoint path the interrupted run printed")
+
+
+def run(model: str | None, dataset: str | None, config_file_list: list[str] | None = None, config_dict: dict | None = None,
         saved: bool = True, callback_fn: Callable[[int, float], None] | None = None, test: bool = True,
-        on_trainer: Callable[[object], None] | None = None) -> dict:
+        on_trainer: Callable[[object], None] | None = None, resume: str | None = None) -> dict:
     """Train with validation-based model selection, then (``test=True``) test the best checkpoint.
+
+    ``resume``: the checkpoint path of an interrupted run (see :func:`resume_state`); the run continues with the
+    configuration saved in it (``model``/``dataset`` must match; ``config_dict`` may override keys such as
+    ``epochs``) and reaches the same metrics as an uninterrupted run.
 
     ``callback_fn(epoch, valid_score)`` runs after every validation (Ray Tune reports through it);
     ``on_trainer(trainer)`` runs once before training (a sweep resumes or checkpoints through it).
@@ -68,7 +114,17 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     epoch, ``valid_scores`` (the valid curve, all stages) and, for a two-stage run, ``pretrain_test_result``
     (the test result of the first stage's best model, e.g. TiMiRec's extractor before distillation).
     """
-    config = build_config(model, dataset, config_file_list, config_dict)
+    if resume:
+        checkpoint, state = resume_state(resume)
+        config = state["config"]
+        for key, wanted in (("model", model), ("dataset", dataset)):
+            if wanted is not None and config[key] != wanted:
+                raise ValueError(f"resume: {resume} is a run of {key} {config[key]!r}, not {wanted!r}; drop --{key} "
+                                 "or pass a checkpoint of that run")
+        for key, value in (config_dict or {}).items():
+            config[key] = value
+    else:
+        config = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -76,6 +132,8 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     net, train_data, valid_data, test_data = _build(config)
     logger.info(net)
     trainer = resolve_trainer(config)(config, net)
+    if resume:
+        trainer.saved_model_file, trainer.resuming = checkpoint, True
     if on_trainer is not None:
         on_trainer(trainer)
     best_valid_score, best_valid_result = trainer.fit(
@@ -88,6 +146,8 @@ def run(model: str, dataset: str, config_file_list: list[str] | None = None, con
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
     return {
+        "model": config["model"],
+        "dataset": config["dataset"],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,

@@ -10,8 +10,9 @@ No RecBole source is patched. Three hooks, all on RecBole's documented lookup pa
   plugin's evaluation protocols mixed in.
 * **config**: ``Config._load_internal_config_dict`` is wrapped so the model's YAML, then the protocol preset it
   asks for, land after RecBole's built-in defaults and before user files/dicts/command line (user config wins),
-  the same place RecBole-GNN puts its YAMLs. A model's ``config_choices`` (key -> allowed values) are checked
-  there too, so a bad value fails before any data is loaded, naming the key.
+  the same place RecBole-GNN puts its YAMLs (``properties/overall.yaml``, the plugin-wide keys, comes first). Every
+  value is then checked by :mod:`recbole_ext.validation` (types, choices, ranges, unknown keys), so a bad value
+  fails before any data is loaded, naming the key.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sys
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
+
+from recbole_ext import validation
 
 MODEL_GROUP = "recbole.models"
 TRAINER_GROUP = "recbole.trainers"
@@ -139,12 +142,10 @@ def _wrap_config() -> None:
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         original(self, model, model_class, dataset)
+        self._update_internal_config_dict(str(properties_dir() / "overall.yaml"))
         if model in _YAMLS:
             self._update_internal_config_dict(str(_YAMLS[model]))
         merged = {**self.internal_config_dict, **self.external_config_dict}
-        for key, choices in getattr(model_class, "config_choices", {}).items():
-            if merged.get(key) not in choices:
-                raise ValueError(f"{key}: {merged.get(key)!r} is not valid for {model}; choose one of {list(choices)}")
         protocol = merged.get("protocol")
         if protocol not in (None, "recbole"):
             preset = properties_dir() / "protocol" / f"{protocol}.yaml"
@@ -157,6 +158,8 @@ def _wrap_config() -> None:
         if protocol == "libfm" and "MSE" not in getattr(model_class, "config_choices", {}).get("loss_type", ()):
             raise ValueError(f"protocol libfm: {model} trains with BCE on 0/1 labels and cannot regress its ±1 labels; "
                              "use a model with loss_type MSE (IFM, INN, DeepIFM) or 0/1 labels (protocol ctr)")
+        validation.check(model, model_class, self.internal_config_dict, self.external_config_dict,
+                         set(self.variable_config_dict) | set(self.cmd_config_dict))
 
     _load_internal_config_dict._recbole_ext = True
     Config._load_internal_config_dict = _load_internal_config_dict

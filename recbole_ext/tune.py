@@ -60,13 +60,18 @@ def _domain(kind: str, args: list, grid: bool, where: str):
 
 def parse_space(path: str | Path, grid: bool = False) -> dict:
     """Read a ``hyper.test``-style or YAML search space into Ray Tune domains; errors name the line."""
+    from recbole_ext.validation import read_mapping
+
     path = Path(path)
     if not path.is_file():
         raise SearchSpaceError(f"search space {path} does not exist")
     text = path.read_text()
     space = {}
     if path.suffix in (".yaml", ".yml"):
-        entries = yaml.safe_load(text) or {}
+        try:
+            entries = read_mapping(path, "tune")
+        except ValueError as exc:
+            raise SearchSpaceError(str(exc)) from None
         lines = {key: i + 1 for i, line in enumerate(text.splitlines()) for key in entries if line.startswith(f"{key}:")}
         for key, spec in entries.items():
             where = f"{path} line {lines.get(key, '?')} ({key})"
@@ -75,6 +80,8 @@ def parse_space(path: str | Path, grid: bool = False) -> dict:
             kind, args = next(iter(spec.items()))
             space[key] = _domain(kind, args if isinstance(args, list) else [args], grid, where)
         return space
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        raise SearchSpaceError(f"tune: {path} is empty; write one 'name distribution args' per line")
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -101,13 +108,28 @@ def parse_space(path: str | Path, grid: bool = False) -> dict:
     return space
 
 
+def trial_config(params: dict, fixed: dict, trial_dir: Path, environ=os.environ) -> dict:
+    """One trial's config dict: the fixed settings, the sampled values, its own checkpoint folder, and the GPUs Ray
+    gave it. Ray sets ``CUDA_VISIBLE_DEVICES`` to the trial's GPUs; RecBole would overwrite it with ``gpu_id``
+    (default 0), putting every trial of a multi-GPU node on GPU 0, so ``gpu_id`` repeats Ray's assignment."""
+    config = {**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        config["gpu_id"] = environ["CUDA_VISIBLE_DEVICES"]
+    return config
+
+
 def _trial(params: dict, fixed: dict) -> None:
     """One trial, in a Ray worker: train with per-epoch valid reports; no test evaluation here.
 
-    Under PBT every report carries the trainer state as a Tune checkpoint, and a trial that Tune restarts from
-    another trial's checkpoint (exploit) resumes it with its own, perturbed hyper-parameters (explore)."""
+    Each report that follows an improved validation carries the trial's best checkpoint (``best.pth``, plus TiMiRec's
+    ``best-pretrain.pth``) as a Tune checkpoint, so it reaches ``storage_path`` on any cluster; the report's ``stage``
+    (0, or 1 in a second training stage) lets the sweep rank each trial on the stage whose checkpoint it tests.
+    Under PBT every report also carries the trainer state, and a trial that Tune restarts from another trial's
+    checkpoint (exploit) resumes it with its own, perturbed hyper-parameters (explore)."""
+    import shutil
     import tempfile
 
+    import torch
     from ray import tune
 
     from recbole_ext import compat
@@ -115,10 +137,11 @@ def _trial(params: dict, fixed: dict) -> None:
     compat.setup_worker()
     import recbole_ext
 
+    torch.set_num_threads(max(1, int(fixed["cpus_per_trial"])))  # torch would take every core of the node
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the CWD
-    config = {**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}
+    config = trial_config(params, fixed, trial_dir)
     trainers = []
 
     best_file = str(trial_dir / "saved" / BEST_FILE)  # one name, also across PBT restarts
@@ -139,18 +162,25 @@ def _trial(params: dict, fixed: dict) -> None:
         trainer._save_checkpoint(trainer.start_epoch - 1, verbose=False)  # the inherited best, in this folder
 
     def report(epoch: int, score: float) -> None:
-        metrics = {"epoch": epoch, "valid_score": float(score)}
-        if not fixed["checkpoint_every_epoch"]:
+        trainer = trainers[0]
+        metrics = {"epoch": epoch, "valid_score": float(score), "stage": trainer.stage}
+        improved = trainer.cur_step == 0  # RecBole just saved this epoch's model as the best
+        if not improved and not fixed["checkpoint_every_epoch"]:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            trainers[0]._save_checkpoint(epoch, verbose=False, saved_model_file=os.path.join(folder, "trainer.pth"))
+            for name in (BEST_FILE, BEST_FILE.replace(".pth", "-pretrain.pth")):
+                if (Path(best_file).parent / name).is_file():
+                    shutil.copy2(Path(best_file).parent / name, folder)
+            if fixed["checkpoint_every_epoch"]:
+                trainer._save_checkpoint(epoch, verbose=False, saved_model_file=os.path.join(folder, "trainer.pth"))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = recbole_ext.run(fixed["model"], fixed["dataset"], config_file_list=fixed["config_files"],
                              config_dict=config, test=False, callback_fn=report, on_trainer=attach)
     # marks a trial that ended on its own (a scheduler-stopped one never gets here); not an epoch
-    tune.report({"epoch": -1, "valid_score": float(result["best_valid_score"]), "finished": 1})
+    tune.report({"epoch": -1, "valid_score": float(result["best_valid_score"]), "finished": 1,
+                 "stage": trainers[0].stage})
 
 
 @dataclass
@@ -224,7 +254,7 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
     from ray import tune
 
     from recbole_ext import compat
-    from recbole_ext.quick_start import build_config, evaluate_checkpoint
+    from recbole_ext.quick_start import build_config, check_dataset, evaluate_checkpoint
     from recbole_ext.trainer.base import resolve_trainer
 
     if scheduler not in SCHEDULERS:
@@ -235,6 +265,7 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
     param_space = space if isinstance(space, dict) else parse_space(space, grid=search == "grid")
     config_dict = dict(config_dict or {})
     base = build_config(model, dataset, config_file_list, config_dict)  # validates model, files and values up front
+    check_dataset(base)
     # trials run in their own folders: make every path absolute
     if base["data_path"]:
         config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())
@@ -256,7 +287,7 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
         else:
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,
-             "checkpoint_every_epoch": scheduler == "pbt"}
+             "checkpoint_every_epoch": scheduler == "pbt", "cpus_per_trial": cpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     tuner = tune.Tuner(
@@ -266,7 +297,8 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
                                     search_alg=_searcher(search, max_concurrent), num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent if search in ("random", "grid") else None),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=0)))
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))  # the latest = the best
     grid = tuner.fit()
 
     rows, curves = [], {}
@@ -275,23 +307,27 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
         finished = "finished" in history and bool((history["finished"] == 1).any())
         if "epoch" in history:
             history = history[history["epoch"] >= 0]
+        tested = history  # a multi-stage trial is ranked on the last stage it reached: that stage's model is tested
+        if "stage" in history and len(history):
+            tested = history[history["stage"] == history["stage"].max()]
         params = {k: _plain(v) for k, v in (result.config or {}).items()}
         if "valid_score" in history and len(history):
             label = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
             curves[f"#{i} {label}"] = history
-        best = (history["valid_score"].max() if bigger else history["valid_score"].min()) \
-            if "valid_score" in history and len(history) else None
+        best = (tested["valid_score"].max() if bigger else tested["valid_score"].min()) \
+            if "valid_score" in tested and len(tested) else None
         # a trial ends on its own (early stopping: the "finished" report) or at the horizon, where ASHA stops it
         status = "error" if result.error else ("completed" if finished or len(history) >= max_epochs else "stopped early")
         rows.append({"trial": Path(result.path).name if result.path else f"trial_{i}", **params,
                      f"best_valid_{metric}": best, "epochs": len(history),
                      "time_s": round(float(history["time_total_s"].iloc[-1]), 1) if "time_total_s" in history else None,
                      "status": status, "error": str(result.error).strip().splitlines()[-1] if result.error else "",
-                     "path": result.path})
+                     "path": result.path, "checkpoint": result.checkpoint})
     table = pd.DataFrame(rows)
     folder = storage / name
-    table.drop(columns=["path"]).to_csv(folder / "trials.csv", index=False)
-    (folder / "trials.md").write_text(table.drop(columns=["path"]).to_markdown(index=False))
+    shown = table.drop(columns=["path", "checkpoint"])
+    shown.to_csv(folder / "trials.csv", index=False)
+    (folder / "trials.md").write_text(shown.to_markdown(index=False))
     _plot(curves, metric, folder / "valid_curves.png")
 
     ok = table[table.status != "error"].dropna(subset=[f"best_valid_{metric}"])
@@ -304,9 +340,11 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
                          + yaml.safe_dump({**config_dict, **best_params}, sort_keys=True))
     test_result = None
     if test:
-        checkpoint = _best_checkpoint(Path(best_row["path"]) / "saved")
-        test_result = {k: float(v) for k, v in evaluate_checkpoint(str(checkpoint)).items()}
-    return SweepResult(table.drop(columns=["path"]), best_params, best_file, test_result, folder / "valid_curves.png",
+        if best_row["checkpoint"] is None:
+            raise RuntimeError(f"the best trial {best_row['trial']} reported no checkpoint")
+        with best_row["checkpoint"].as_directory() as reported:  # from storage_path, wherever the trial ran
+            test_result = {k: float(v) for k, v in evaluate_checkpoint(str(_best_checkpoint(Path(reported)))).items()}
+    return SweepResult(shown, best_params, best_file, test_result, folder / "valid_curves.png",
                        folder)
 
 

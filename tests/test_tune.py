@@ -1,13 +1,15 @@
 """Ray Tune sweeps: search-space parsing, and one real ASHA sweep on tiny data."""
 
 import math
+import os
 
 import pandas as pd
 import pytest
 from ray import tune
 
 from recbole_ext import run
-from recbole_ext.tune import SearchSpaceError, parse_space, run_sweep
+from recbole_ext.quick_start import build_config
+from recbole_ext.tune import SearchSpaceError, parse_space, run_sweep, trial_config
 
 
 def test_hyper_test_lines_follow_recbole(tmp_path):
@@ -64,18 +66,19 @@ def learnable(tmp_path) -> dict:
 
 def test_asha_sweep_stops_a_bad_trial_survives_a_failing_one_and_reproduces(tmp_path, learnable):
     space = tmp_path / "space.test"
-    space.write_text("learning_rate choice [0.05, 0.0, -1.0]\n")  # good, untrainable, invalid (Adam raises)
+    space.write_text("learning_rate choice [0.05, 0.0, -1.0]\n")  # good, untrainable, invalid (out of range)
     result = run_sweep("ComiRec", "walk", space, config_dict=learnable, search="grid", scheduler="asha",
                        max_concurrent=1, storage_path=tmp_path / "ray", name="walk")
     table = result.table.set_index("learning_rate")
     assert table.loc[0.05, "status"] == "completed" and table.loc[0.05, "epochs"] == 4
     assert table.loc[0.0, "status"] == "stopped early" and table.loc[0.0, "epochs"] < 4
-    assert table.loc[-1.0, "status"] == "error" and "learning rate" in table.loc[-1.0, "error"].lower()
+    assert table.loc[-1.0, "status"] == "error" and "learning_rate: -1.0 is out of range" in table.loc[-1.0, "error"]
     assert result.best_params == {"learning_rate": 0.05}
     assert set(result.test_result) == {"hit@5", "ndcg@5"}
     assert result.plot.stat().st_size > 0 and (result.directory / "trials.csv").is_file()
     trial_dir = result.directory / table.loc[0.05, "trial"]
     assert any(trial_dir.glob("log/ComiRec/*.log")) and any(trial_dir.glob("saved/*.pth"))
+    assert list(trial_dir.glob("checkpoint_*/best.pth"))  # the tested model went through Ray's storage
     rerun = run("ComiRec", "walk", config_file_list=[str(result.best_config_file)], test=False,
                 config_dict={"checkpoint_dir": str(tmp_path / "rerun")})
     assert rerun["best_valid_score"] == pytest.approx(table.loc[0.05, "best_valid_NDCG@5"])
@@ -97,3 +100,13 @@ def test_pbt_refuses_multi_stage_training(tmp_path, learnable):
     space.write_text("learning_rate: {loguniform: [0.0001, 0.1]}\n")
     with pytest.raises(ValueError, match="scheduler: 'pbt' resumes trials mid-run"):
         run_sweep("TiMiRec", "walk", space, config_dict=learnable, scheduler="pbt", storage_path=tmp_path / "ray")
+
+
+def test_trial_keeps_the_gpus_ray_assigned(monkeypatch, tmp_path, learnable):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # what Ray sets in a trial given GPUs 2 and 3 of a node
+    config = trial_config({"learning_rate": 0.01}, {"config_dict": learnable}, tmp_path)
+    assert config["gpu_id"] == "2,3" and config["checkpoint_dir"] == str(tmp_path / "saved")
+    build_config("ComiRec", "walk", config_dict=config)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"  # RecBole's default gpu_id would have made it "0"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert "gpu_id" not in trial_config({}, {"config_dict": learnable}, tmp_path)

@@ -169,6 +169,11 @@ def convert_rechorus(src: str | Path, data_path: str | Path = "dataset", name: s
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: --src must be a ReChorus dataset folder (train/dev/test.csv)")
         frames[part] = pd.read_csv(path, sep="\t", dtype=str)
+        need = ["user_id", "item_id", "time"] + (["neg_items"] if part != "train" else [])
+        missing = [c for c in need if c not in frames[part].columns]
+        if missing:
+            raise ValueError(f"{path} has no column {', '.join(missing)} (ReChorus {part}.csv: tab-separated "
+                             f"{', '.join(need)})")
     inter = pd.concat([frames[p][["user_id", "item_id", "time"]] for p in ("train", "dev", "test")], ignore_index=True)
     inter.columns = ["user_id:token", "item_id:token", "timestamp:float"]
 

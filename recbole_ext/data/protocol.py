@@ -65,6 +65,10 @@ def read_shipped(path: Path, dataset, split) -> np.ndarray:
     uid, iid = dataset.uid_field, dataset.iid_field
     frame = pd.read_csv(path, sep="\t", dtype=str)
     frame.columns = [c.split(":")[0] for c in frame.columns]
+    missing = [c for c in (uid, iid, "neg_items") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} has no column {', '.join(missing)}; a .neg file is tab-separated "
+                         f"{uid}:token {iid}:token neg_items:token_seq")
     item_ids = dataset.field2token_id[iid]
     width = frame["neg_items"].str.count(" ") + 1
     if width.nunique() != 1:

@@ -16,13 +16,24 @@
 * ``reproducibility`` (RecBole's flag, default on) also switches torch to its deterministic kernels, so one seed
   gives one result on a multi-threaded CPU too;
 * after every validation, one log line says where the run stands and how long it can still take (epochs and time
-  left until early stopping at the latest, and until the epoch limit or time budget).
+  left until early stopping at the latest, and until the epoch limit or time budget);
+* **resume**: after every epoch the trainer writes ``<checkpoint>-resume.pth`` (model, optimizer, epoch, best score
+  and result, early-stopping counter, curves, and every random state the next epoch draws from: torch, numpy,
+  Python, and each ``torch.Generator`` held by the train loader or a model module), marked ``finished`` when ``fit``
+  ends. A trainer with ``resuming = True`` continues from that file (a finished stage is skipped), so an
+  interrupted run reaches the uninterrupted run's metrics. Each stage of a multi-stage trainer has its own file
+  beside its own checkpoint (``-pretrain-resume.pth``, ``-fm-resume.pth``);
+* **atomic checkpoints**: every file is written to a temporary name and renamed, so a kill mid-write leaves the
+  previous file intact.
 """
 
 from __future__ import annotations
 
+import os
+import random
 from time import perf_counter
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_trainer
@@ -34,8 +45,54 @@ from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.evaluation.ranking import rank_scores
 
 
+RESUME_SUFFIX = "-resume.pth"
+
+
 class _Stop(Exception):
     """Ends ``Trainer.fit`` early on a plugin stop rule."""
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to ``path.tmp-PID``, then rename: readers never see a half-written file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(obj, tmp, pickle_protocol=4)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def generators(**holders) -> dict[str, torch.Generator]:
+    """Every ``torch.Generator`` held as an attribute (or a dict value) of the holders or of their modules."""
+    found = {}
+    for prefix, holder in holders.items():
+        parts = holder.named_modules() if isinstance(holder, torch.nn.Module) else [("", holder)]
+        for name, obj in parts:
+            for attr, value in vars(obj).items():
+                values = value.items() if isinstance(value, dict) else [(None, value)]
+                for key, item in values:
+                    if isinstance(item, torch.Generator):
+                        found[".".join(filter(None, (prefix, name, attr))) + (f"[{key}]" if key is not None else "")] = item
+    return found
+
+
+def rng_state(**holders) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "generators": {name: g.get_state() for name, g in generators(**holders).items()}}
+
+
+def set_rng_state(state: dict, **holders) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    found = generators(**holders)
+    for name, value in state["generators"].items():
+        if name in found:
+            found[name].set_state(value)
 
 
 class PluginTrainerMixin:
@@ -51,6 +108,10 @@ class PluginTrainerMixin:
         self.valid_seconds: list[float] = []
         self.stage_epochs: dict[str, int] = {}  # epochs per stage, for multi-stage trainers
         self.stage_label = ""  # e.g. "stage 1/2 (pretrain) ", for the progress line
+        self.stage = 0  # index of the running stage of a multi-stage trainer (sweeps rank on the last one)
+        self.resuming = False  # continue each stage from its resume file when one exists
+        self._fit_data = (None, None)  # (train_data, valid_data) of the running fit, for the resume file
+        self._saving = False  # set by fit: no resume file outside fit, nor for fit(saved=False) (no checkpoint either)
 
     @property
     def valid_curve(self) -> list[float]:
@@ -106,8 +167,12 @@ class PluginTrainerMixin:
         """RecBole's fit; the plugin's stop rules end it from the per-validation callback, which RecBole calls
         after saving an improved checkpoint, so the best model is kept whatever rule stops the run."""
         started, budget = perf_counter(), self.config["time_budget"]
+        self._fit_data, self._saving = (train_data, valid_data), saved
+        if self.resuming and os.path.isfile(self.resume_file) and self._load_resume(train_data):
+            return self.best_valid_score, self.best_valid_result  # this stage had finished
 
         def callback(epoch: int, score: float) -> None:
+            self._save_resume(epoch)  # after RecBole saved an improved model: the file always has the best so far
             self.logger.info(self._progress(epoch, started))
             if callback_fn:
                 callback_fn(epoch, score)
@@ -119,10 +184,62 @@ class PluginTrainerMixin:
                 raise _Stop(f"time_budget of {budget}s reached")
 
         try:
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback)
+            super().fit(train_data, valid_data, verbose, saved, show_progress, callback)
         except _Stop as stop:
             self.logger.info(f"Finished training: {stop}")
-            return self.best_valid_score, self.best_valid_result
+        self._save_resume(self.epochs - 1, finished=True)
+        return self.best_valid_score, self.best_valid_result
+
+    @property
+    def resume_file(self) -> str:
+        return self.saved_model_file[:-len(".pth")] + RESUME_SUFFIX
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint, written atomically."""
+        target = kwargs.pop("saved_model_file", self.saved_model_file)
+        tmp = f"{target}.tmp-{os.getpid()}"
+        try:
+            super()._save_checkpoint(epoch, verbose=False, saved_model_file=tmp, **kwargs)
+            if os.path.exists(tmp):  # RecBole writes nothing on a non-zero distributed rank
+                os.replace(tmp, target)
+                if verbose:
+                    self.logger.info(f"Saving current: {target}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def _save_resume(self, epoch: int, finished: bool = False) -> None:
+        """Everything the next epoch needs; RecBole's checkpoint keys included, so ``resume_checkpoint`` reads it."""
+        if not self._saving or (not self.config["single_spec"] and self.config["local_rank"] != 0):
+            return
+        atomic_save({
+            "config": self.config, "epoch": epoch, "cur_step": self.cur_step, "finished": finished,
+            "best_valid_score": self.best_valid_score, "best_valid_result": self.best_valid_result,
+            "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "curves": {"valid_scores": self.valid_scores, "train_seconds": self.train_seconds,
+                       "valid_seconds": self.valid_seconds, "stage_epochs": self.stage_epochs},
+            "rng": rng_state(train_data=self._fit_data[0], model=self.model),
+        }, self.resume_file)
+
+    def _load_resume(self, train_data) -> bool:
+        """Restore the state of ``resume_file``. -> whether that stage had finished."""
+        state = torch.load(self.resume_file, map_location=self.device, weights_only=False)
+        for key in ("model", "dataset"):
+            if state["config"][key] != self.config[key]:
+                raise ValueError(f"resume: {self.resume_file} is a {key} {state['config'][key]!r} run, not "
+                                 f"{self.config[key]!r}")
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state["other_parameter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch, self.cur_step = state["epoch"] + 1, state["cur_step"]
+        self.best_valid_score, self.best_valid_result = state["best_valid_score"], state["best_valid_result"]
+        for key, value in state["curves"].items():
+            setattr(self, key, value)
+        set_rng_state(state["rng"], train_data=train_data, model=self.model)
+        done = "finished; skipped" if state["finished"] else f"continues at epoch {self.start_epoch + 1}"
+        self.logger.info(f"{self.stage_label}resumed from {self.resume_file}: {done}")
+        return state["finished"]
 
     def _progress(self, epoch: int, started: float) -> str:
         """'epoch 3/200: 8.9 s train + 0.5 s valid; ...' with the epochs and time left at most."""
@@ -138,10 +255,12 @@ class PluginTrainerMixin:
         return (f"{self.stage_label}epoch {epoch + 1}/{self.epochs}: {self.train_seconds[-1]:.1f} s train + "
                 f"{self.valid_seconds[-1]:.1f} s valid; best valid {self.best_valid_score:.4f}; {left}")
 
-    def _train_epoch(self, *args, **kwargs):
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         start = perf_counter()
-        loss = super()._train_epoch(*args, **kwargs)
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         self.train_seconds.append(perf_counter() - start)
+        if self.eval_step <= 0 or not self._fit_data[1] or (epoch_idx + 1) % self.eval_step:
+            self._save_resume(epoch_idx)  # no validation follows: the epoch ends here
         return loss
 
     def _valid_epoch(self, valid_data, show_progress=False):

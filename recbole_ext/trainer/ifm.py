@@ -62,6 +62,7 @@ class IFMTrainer(PluginTrainerMixin, Trainer):
         with overridden(config, model="FM", learner=config["fm_learner"], learning_rate=config["fm_learning_rate"],
                         epochs=fm_epochs):
             stage = FMStageTrainer(config, fm)
+            stage.resuming = self.resuming
             stage.saved_model_file = self.fm_file = self.saved_model_file.replace(".pth", "-fm.pth")
             stage.stage_label = f"{name} stage 1/2 (FM warm start; {name} follows) "
             self.logger.info(f"{name} stage 1/2: train FM for the warm start")
@@ -69,7 +70,7 @@ class IFMTrainer(PluginTrainerMixin, Trainer):
         self.fm_valid_scores, done = stage.valid_scores, len(stage.train_seconds)
         self.logger.info(f"{name} stage 2/2: start from the best FM ({warm_start(self.model, self.fm_file, config['dataset'])} "
                          f"tensors copied)")
-        self.stage_label = f"{name} stage 2/2 "
+        self.stage_label, self.stage = f"{name} stage 2/2 ", 1
         shifted = (lambda epoch, score: callback_fn(done + epoch, score)) if callback_fn else None
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, shifted)
         self.stage_epochs.update({"fm": done, name: len(self.train_seconds)})  # after fit: its progress line reads them

@@ -80,7 +80,7 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
         self.stage_epochs["pretrain"] = done = len(self.train_seconds)
         self.load_extractor(self.pretrain_file)
 
-        self.model.mode = "finetune"
+        self.model.mode, self.stage = "finetune", 1
         self._restart(final_file)
         self.stage_label = "TiMiRec stage 2/2 (finetune) "
         self.logger.info("TiMiRec stage 2/2: finetune with target-interest distillation")

@@ -69,6 +69,9 @@ class IFM(ContextRecommender):
     (MSE | BCE), ``field_groups``, ``pair_sample_ratio``, ``sample_warmup_steps``, ``pretrain_path``."""
 
     config_choices = {"loss_type": ("MSE", "BCE"), "attention_activation": ("relu", "tanh"), "stage": ("ifm", "both")}
+    config_ranges = {"attention_size": "[1, inf)", "field_factor_size": "[1, inf)", "temperature": "(0, inf)",
+                     "attention_dropout": "[0, 1)", "interaction_dropout": "[0, 1)", "reg_attention": "[0, inf)",
+                     "reg_field": "[0, inf)", "pair_sample_ratio": "[0, 1]", "sample_warmup_steps": "[0, inf)"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -105,6 +105,8 @@ class MARIF(AbstractRecommender):
     type = ModelType.CONTEXT
     input_type = InputType.POINTWISE
     config_choices = {"remainder_policy": REMAINDER}
+    config_ranges = {"hidden_size": "[1, inf)", "profile_embedding_size": "[1, inf)", "history_len": "[1, inf)",
+                     "eval_num_samples": "[1, inf)"}
 
     def __init__(self, config, dataset):
         super().__init__()
@@ -136,6 +138,7 @@ class MARIF(AbstractRecommender):
         self.eval_num_samples = int(config["eval_num_samples"])
         self.seed = int(config["seed"])
         self.generators: dict[bool, torch.Generator] = {}
+        self._generator(torch.device(config["device"]))  # the training stream exists from the start: resume restores it
         self.loss = nn.BCEWithLogitsLoss()
         for module in self.modules():  # the reference: xavier-normal tables, PyTorch's default Linear init
             if isinstance(module, nn.Embedding):

@@ -31,6 +31,7 @@ class ComiRec(SequentialRecommender):
     ``loss_type`` (BPR | CE | SSM), ``n_negatives`` and ``neg_distribution`` (SSM)."""
 
     config_choices = {"loss_type": ("BPR", "CE", "SSM")}
+    config_ranges = {"n_interests": "[1, inf)", "attn_size": "[1, inf)", "n_negatives": "[1, inf)"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -45,6 +46,10 @@ class ComiRec(SequentialRecommender):
     def forward(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """[B, L], [B] -> interests [B, K, d]"""
         return self.extractor(item_seq, item_seq_len)
+
+    def interest_vectors(self, interaction) -> torch.Tensor:
+        """[B, K, d]: the interests items are scored against (recommend/export attribute items to them)."""
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         interests = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

@@ -97,6 +97,8 @@ class MFN(SequentialRecommender):
     config_choices = {"views": ("both", "macro", "micro"), "gate": ("softmax3", "off"),
                       "align_pool": ("conv", "attn"), "mim_type": ("infonce", "jsd"),
                       "task": ("next_item", "user_classification")}
+    config_ranges = {"hidden_size": "[1, inf)", "n_layers": "[1, inf)", "n_heads": "[1, inf)", "inner_size": "[1, inf)",
+                     "mim_weight": "[0, inf)", "mim_temperature": "(0, inf)", "conv_filters": "[1, inf)"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -126,6 +126,8 @@ class Re4(SequentialRecommender):
     ``t_cont``, ``thre`` (-1 or a positive integer)."""
 
     config_choices = {"loss_type": ("SSM", "CE"), "neg_distribution": ("uniform", "log_uniform")}
+    config_ranges = {"n_interests": "[1, inf)", "attn_size": "[1, inf)", "n_negatives": "[1, inf)", "t_cont": "(0, inf)",
+                     "att_lambda": "[0, inf)", "ct_lambda": "[0, inf)", "cs_lambda": "[0, inf)"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -151,6 +153,10 @@ class Re4(SequentialRecommender):
         history = newest_first(item_seq, item_seq_len)
         interests, attention, logits = self.extractor(history, item_seq_len, details=True)
         return torch.tanh(self.fc1(interests)), interests, attention, logits, history
+
+    def interest_vectors(self, interaction) -> torch.Tensor:
+        """[B, K, d]: the matching vectors items are scored against."""
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])[0]
 
     def calculate_loss(self, interaction):
         matching, interests, attention, logits, history = self.forward(

@@ -67,6 +67,7 @@ class TiMiRec(SequentialRecommender):
     ``n_layers``, ``stage`` (both | pretrain | finetune), ``pretrain_path``."""
 
     config_choices = {"stage": ("both", "pretrain", "finetune"), "loss_type": ("BPR",)}
+    config_ranges = {"n_interests": "[1, inf)", "attn_size": "[1, inf)", "temp": "(0, inf)", "n_layers": "[1, inf)"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -89,6 +90,10 @@ class TiMiRec(SequentialRecommender):
         if self.mode == "pretrain":
             return interests, None
         return interests, self.predictor(item_seq, item_seq_len)
+
+    def interest_vectors(self, interaction) -> torch.Tensor:
+        """[B, K, d]: the extractor's interests (after pretraining the score mixes them by the predicted logits)."""
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])[0]
 
     @staticmethod
     def mixture(interests: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

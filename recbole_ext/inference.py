@@ -1,0 +1,256 @@
+"""Using a trained model: top-k recommendations and embeddings, with the dataset's raw ids in and out.
+
+    from recbole_ext import recommend
+    recommend("saved/TiMiRec-....pth", ["196", "186"], k=10, exclude_history=True)   # a pandas DataFrame
+
+    python run_recbole_ext.py recommend --checkpoint=PATH --users=196,186 --k=10 --exclude_history [--output=top.csv]
+    python run_recbole_ext.py export --checkpoint=PATH --what=items|users|interests --format=npy|parquet|csv --output=F
+
+A checkpoint is rebuilt the way RecBole's ``load_data_and_model`` does (its saved config -> dataset -> model), for
+every model the package runs, RecBole's own included:
+
+* **sequential** models score the next item after the user's whole known history (every split, time order, the
+  last ``MAX_ITEM_LIST_LENGTH`` items), through ``full_sort_predict``; the input row also carries the fields of the
+  user's last interaction (MFN's macro view reads them);
+* **general** models score by user id; **context-aware** models through ``full_sort_predict`` when they have one
+  (MARIF), else by ``predict`` on every (user, item) row with the user's and items' features joined, in chunks;
+* **multi-interest** models (those with ``interest_vectors``: ComiRec, TiMiRec, Re4) also say which interest produced
+  each item: the interest whose vector scores the item highest (for TiMiRec after pretraining the score itself is a
+  mixture of the interests; the column still names the interest that matches the item best).
+
+Checkpoints are Python pickles (``torch.load(weights_only=False)``, as in RecBole): load only checkpoints from a
+source you trust.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data import data_preparation
+from recbole.data.interaction import Interaction
+from recbole.utils import ModelType, get_model
+
+FORMATS = ("npy", "parquet", "csv")
+WHATS = ("items", "users", "interests")
+
+
+class TrainedModel:
+    """A checkpoint's model with its dataset. ``device``: where to score (default CPU)."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu"):
+        from recbole_ext.quick_start import load_dataset
+
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint: {path} does not exist; pass the .pth file a training run saved "
+                                    "(its path is printed at the end of the run)")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a truncated or foreign file
+            raise ValueError(f"checkpoint: {path} is not a readable torch checkpoint ({type(exc).__name__})") from None
+        if not isinstance(state, dict) or not {"config", "state_dict"} <= set(state):
+            raise ValueError(f"checkpoint: {path} is not a RecBole checkpoint (it has no config and state_dict)")
+        config = self.config = state["config"]
+        config["device"] = torch.device(device)
+        self.dataset = load_dataset(config)
+        # every interaction, before RecBole's build turns a sequential dataset's rows into (history, target) rows
+        self.rows = self.dataset._dataframe_to_interaction(self.dataset.inter_feat)
+        train_data, _, _ = data_preparation(config, self.dataset)
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        model.load_state_dict(state["state_dict"])
+        model.load_other_parameter(state.get("other_parameter"))
+        self.model = model.eval()
+        self.uid, self.iid = self.dataset.uid_field, self.dataset.iid_field
+        self._history = self._histories()
+
+    # --- ids ---------------------------------------------------------------------------------------------------
+    def user_ids(self, tokens) -> np.ndarray:
+        """Raw user tokens -> internal ids; an unknown token is a one-line error naming it."""
+        known = self.dataset.field2token_id[self.uid]
+        missing = [str(t) for t in tokens if str(t) not in known]
+        if missing:
+            raise ValueError(f"users: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                             f"{'is not a user' if len(missing) == 1 else 'are not users'} of {self.config['dataset']}")
+        return np.array([known[str(t)] for t in tokens], dtype=np.int64)
+
+    def _tokens(self, field: str, ids) -> np.ndarray:
+        return self.dataset.field2id_token[field][np.asarray(ids)]
+
+    # --- model input -------------------------------------------------------------------------------------------
+    def _histories(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every interaction sorted by (user, time): (items, row of the original table, first, end per user id)."""
+        inter = self.rows
+        users, items = inter[self.uid].numpy(), inter[self.iid].numpy()
+        time_field = self.dataset.time_field
+        times = inter[time_field].numpy() if time_field in inter.interaction else np.zeros(len(users))
+        order = np.lexsort((np.arange(len(users)), times, users))
+        ids = np.arange(self.dataset.user_num)
+        sorted_users = users[order]
+        return items[order], order, np.searchsorted(sorted_users, ids, "left"), np.searchsorted(sorted_users, ids, "right")
+
+    def seen(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in the batch, item id) of every known interaction of the users."""
+        items, _, first, end = self._history
+        counts = end[users] - first[users]
+        rows = np.repeat(np.arange(len(users)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return rows, items[np.repeat(first[users], counts) + offsets]
+
+    def _sequential_input(self, users: np.ndarray) -> Interaction:
+        items, order, first, end = self._history
+        length = self.config["MAX_ITEM_LIST_LENGTH"]
+        counts = np.minimum(end[users] - first[users], length)
+        if (counts == 0).any():
+            raise ValueError(f"users: {self._tokens(self.uid, users[counts == 0])[0]!r} has no interactions to "
+                             "recommend from")
+        positions = (end[users] - counts)[:, None] + np.arange(length)[None]
+        valid = np.arange(length)[None] < counts[:, None]
+        seq = np.where(valid, items[np.minimum(positions, len(items) - 1)], 0)
+        last = self.rows[torch.as_tensor(order[end[users] - 1])]  # the user's latest row
+        last = self.dataset.join(last)
+        last.update(Interaction({self.model.ITEM_SEQ: torch.as_tensor(seq),
+                                 self.model.ITEM_SEQ_LEN: torch.as_tensor(counts)}))
+        return last
+
+    def _input(self, users: np.ndarray) -> Interaction:
+        if self.model.type == ModelType.SEQUENTIAL:
+            return self._sequential_input(users).to(self.model.device)
+        return self.dataset.join(Interaction({self.uid: torch.as_tensor(users)})).to(self.model.device)
+
+    # --- scores ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def scores(self, users: np.ndarray) -> torch.Tensor:
+        """[B, n_items] scores of every item (column 0, the padding id, is -inf)."""
+        interaction = self._input(users)
+        try:
+            scores = self.model.full_sort_predict(interaction).view(len(users), -1)
+        except NotImplementedError:  # a context-aware model without full ranking: every (user, item) row
+            scores = self._pairwise(users)
+        scores = scores.float().clone()
+        scores[:, 0] = -torch.inf
+        return scores
+
+    def _pairwise(self, users: np.ndarray, rows: int = 200_000) -> torch.Tensor:
+        n_items = self.dataset.item_num
+        chunk = max(1, rows // n_items)
+        parts = []
+        for start in range(0, len(users), chunk):
+            batch = torch.as_tensor(users[start:start + chunk])
+            pairs = Interaction({self.uid: batch.repeat_interleave(n_items),
+                                 self.iid: torch.arange(n_items).repeat(len(batch))})
+            parts.append(self.model.predict(self.dataset.join(pairs).to(self.model.device)).view(len(batch), -1))
+        return torch.cat(parts)
+
+    @torch.no_grad()
+    def recommend(self, users, k: int = 10, exclude_history: bool = False, batch_size: int = 512) -> pd.DataFrame:
+        """Top-k items per user. -> DataFrame user, rank, item, score [, interest] (raw tokens)."""
+        if k < 1:
+            raise ValueError(f"k: {k} must be at least 1")
+        ids = self.user_ids(users)
+        k = min(k, self.dataset.item_num - 1)
+        frames = []
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start:start + batch_size]
+            scores = self.scores(batch)
+            if exclude_history:
+                rows, items = self.seen(batch)
+                scores[torch.as_tensor(rows), torch.as_tensor(items)] = -torch.inf
+            top = scores.topk(k, dim=1)
+            frame = {"user": np.repeat(self._tokens(self.uid, batch), k), "rank": np.tile(np.arange(1, k + 1), len(batch)),
+                     "item": self._tokens(self.iid, top.indices.cpu().numpy().ravel()),
+                     "score": top.values.cpu().numpy().ravel()}
+            if hasattr(self.model, "interest_vectors"):
+                interests = self.model.interest_vectors(self._input(batch))  # [B, K, d]
+                vectors = self._item_table()[top.indices]  # [B, k, d]
+                frame["interest"] = torch.einsum("bkd,bjd->bjk", interests, vectors).argmax(-1).cpu().numpy().ravel()
+            frames.append(pd.DataFrame(frame))
+        return pd.concat(frames, ignore_index=True)
+
+    # --- embeddings --------------------------------------------------------------------------------------------
+    def _item_table(self) -> torch.Tensor:
+        for name, module in self.model.named_modules():
+            if name.split(".")[-1] == "item_embedding" and isinstance(module, torch.nn.Embedding):
+                return module.weight
+        raise ValueError(f"export: {self.config['model']} has no item embedding table (a module named item_embedding); "
+                         "its items are scored from feature fields")
+
+    @torch.no_grad()
+    def embeddings(self, what: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """-> (raw ids, vectors): items [N, d]; users [U, d]; interests [U, K, d] (users with a history)."""
+        name = self.config["model"]
+        if what == "items":
+            return self._tokens(self.iid, np.arange(1, self.dataset.item_num)), \
+                self._item_table()[1:].cpu().numpy()
+        if what not in WHATS:
+            raise ValueError(f"what: {what!r} is not one of {WHATS}")
+        if what == "users" and self.model.type != ModelType.SEQUENTIAL:
+            table = getattr(self.model, "user_embedding", None)
+            if not isinstance(table, torch.nn.Embedding):
+                raise ValueError(f"export: {name} has no user embedding table (user_embedding)")
+            return self._tokens(self.uid, np.arange(1, self.dataset.user_num)), table.weight[1:].cpu().numpy()
+        if what == "interests" and not hasattr(self.model, "interest_vectors"):
+            raise ValueError(f"export: {name} is not a multi-interest model; use --what=users or --what=items")
+        if what == "users" and hasattr(self.model, "interest_vectors"):
+            raise ValueError(f"export: {name} represents a user by several interests; use --what=interests")
+        if self.model.type != ModelType.SEQUENTIAL:
+            raise ValueError(f"export: interests need a sequential multi-interest model, not {name}")
+        items, _, first, end = self._history
+        users = np.flatnonzero(end > first)
+        users = users[users > 0]
+        parts = []
+        for start in range(0, len(users), batch_size):
+            interaction = self._input(users[start:start + batch_size])
+            if what == "interests":
+                parts.append(self.model.interest_vectors(interaction))
+                continue
+            out = self.model.forward(interaction[self.model.ITEM_SEQ], interaction[self.model.ITEM_SEQ_LEN])
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                raise ValueError(f"export: {name}.forward does not return one vector per user; users cannot be exported")
+            parts.append(out)
+        return self._tokens(self.uid, users), torch.cat(parts).cpu().numpy()
+
+
+def recommend(checkpoint: str | Path, users, k: int = 10, exclude_history: bool = False) -> pd.DataFrame:
+    """Top-k items for the users (raw tokens) from a checkpoint. -> DataFrame user, rank, item, score [, interest]."""
+    return TrainedModel(checkpoint).recommend(users, k, exclude_history)
+
+
+def _replace(write, path: Path) -> None:
+    """Write through ``write(tmp)`` then rename: a failure leaves an earlier file at ``path`` untouched."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_embeddings(ids: np.ndarray, vectors: np.ndarray, fmt: str, output: str | Path) -> list[Path]:
+    """``npy``: the array plus ``<output>.ids.txt`` (one raw id per line, in row order); ``parquet``/``csv``: one row
+    per id (per id and interest for interests) with columns id[, interest], e0..e{d-1}. -> the files written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format: {fmt!r} is not one of {FORMATS}")
+    output = Path(output)
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"output: folder {output.parent} does not exist")
+    if fmt == "npy":
+        sidecar = output.with_name(output.name + ".ids.txt")
+        _replace(lambda tmp: tmp.write_text("\n".join(map(str, ids)) + "\n"), sidecar)
+        def save(tmp: Path) -> None:
+            with tmp.open("wb") as handle:  # a handle: np.save would append .npy to a name
+                np.save(handle, vectors)
+
+        _replace(save, output)
+        return [output, sidecar]
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    frame = pd.DataFrame(flat, columns=[f"e{j}" for j in range(flat.shape[1])])
+    if vectors.ndim == 3:
+        frame.insert(0, "interest", np.tile(np.arange(vectors.shape[1]), len(ids)))
+    frame.insert(0, "id", np.repeat(ids, flat.shape[0] // len(ids)))
+    _replace((lambda tmp: frame.to_parquet(tmp, index=False)) if fmt == "parquet"
+             else (lambda tmp: frame.to_csv(tmp, index=False)), output)
+    return [output]

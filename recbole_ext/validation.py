@@ -1,0 +1,117 @@
+"""Every configuration value is checked here, once, before any data is loaded (called from the registry's Config hook).
+
+* **types** come from the defaults in the YAMLs (RecBole's, the model's, the protocol preset's): a key whose default
+  is an int must get an int, a float a number, a bool a bool, a list a list (a single value is accepted where RecBole
+  accepts one, e.g. ``topk: 10``). ``--epochs=abc`` fails naming ``epochs`` instead of deep inside training;
+* **choices**: a model's ``config_choices`` (key -> allowed values);
+* **ranges**: ``RANGES`` for the keys every model shares, plus a model's ``config_ranges`` (key -> interval such as
+  ``"[1, inf)"`` or ``"[0, 1)"``): ``n_interests: 0`` or a negative dropout fails up front;
+* **unknown keys** given as ``config_dict`` or on the command line (``--epoch=5`` for ``--epochs``) fail with the
+  closest known key: RecBole would silently ignore them. Known = every key of every YAML that RecBole and this package
+  ship, plus the few RecBole sets itself. Keys inside ``--config_files`` are not checked (a user's own code may read
+  them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+# keys every model shares; a model's own ranges live on its class (``config_ranges``)
+RANGES = {
+    "epochs": "[1, inf)", "train_batch_size": "[1, inf)", "eval_batch_size": "[1, inf)", "learning_rate": "[0, inf)",
+    "weight_decay": "[0, inf)", "embedding_size": "[1, inf)", "stopping_step": "[1, inf)", "eval_step": "[0, inf)",
+    "MAX_ITEM_LIST_LENGTH": "[1, inf)", "eval_neg_num": "[1, inf)", "time_budget": "[0, inf)",
+    "dropout_prob": "[0, 1)", "hidden_dropout_prob": "[0, 1)", "attn_dropout_prob": "[0, 1)",
+}
+# keys RecBole reads or sets without a YAML default
+RECBOLE_RUNTIME = {"gpu_id", "device", "local_rank", "nproc", "world_size", "offset", "ip", "port", "verbose",
+                   "encoding", "single_spec", "eval_type", "MODEL_INPUT_TYPE", "valid_neg_sample_args",
+                   "test_neg_sample_args", "config_files", "model", "dataset"}
+_INTERVAL = re.compile(r"^([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])$")
+
+
+@lru_cache(maxsize=1)
+def known_keys() -> frozenset[str]:
+    import recbole
+
+    from recbole_ext.registry import properties_dir
+
+    keys = set(RECBOLE_RUNTIME)
+    for folder in (Path(recbole.__file__).parent / "properties", properties_dir()):
+        for path in folder.rglob("*.yaml"):
+            loaded = yaml.safe_load(path.read_text())
+            if isinstance(loaded, dict):
+                keys.update(loaded)
+    return frozenset(keys)
+
+
+def read_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file that must hold ``key: value`` lines; a missing, malformed, empty or list-shaped file is a one-line
+    error naming ``what`` (the flag) and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{what}: {path} is not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(loaded, dict):
+        shape = "empty" if loaded is None else f"a {type(loaded).__name__}, not key: value lines"
+        raise ValueError(f"{what}: {path} is {shape}; write one 'key: value' per line")
+    return loaded
+
+
+def in_interval(value: float, interval: str) -> bool:
+    match = _INTERVAL.match(interval)
+    if not match:
+        raise ValueError(f"bad interval {interval!r}; write e.g. '[1, inf)'")
+    left, low, high, right = match.groups()
+    low, high = float(low), float(high)
+    return (value >= low if left == "[" else value > low) and (value <= high if right == "]" else value < high)
+
+
+def _fits(value, default) -> bool:
+    if value is None or default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple)) or (bool(default) and _fits(value, default[0]))
+    if isinstance(default, dict):
+        return isinstance(value, dict)
+    return isinstance(value, (str, int, float, tuple))  # RecBole casts e.g. gpu_id (2,3 -> "2,3") to str itself
+
+
+def check(model: str, model_class: type, defaults: dict, given: dict, checked_names: set[str]) -> None:
+    """``defaults``: the internal config (YAMLs); ``given``: every external value; ``checked_names``: the external
+    keys that must be known (config_dict and command line). Raises ValueError naming the key and the fix."""
+    for key in sorted(checked_names - known_keys() - set(defaults)):
+        close = difflib.get_close_matches(key, known_keys() | set(defaults), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown config key {key!r}: {hint}RecBole would ignore it (keys only your own code reads "
+                         "belong in a --config_files YAML)")
+    for key, value in given.items():
+        if not _fits(value, defaults.get(key)):
+            kind = {bool: "true or false", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}.get(
+                type(defaults[key]), type(defaults[key]).__name__)
+            raise ValueError(f"{key}: {value!r} is not {kind} (its default is {defaults[key]!r})")
+    merged = {**defaults, **given}
+    for key, choices in getattr(model_class, "config_choices", {}).items():
+        if merged.get(key) not in choices:
+            raise ValueError(f"{key}: {merged.get(key)!r} is not valid for {model}; choose one of {list(choices)}")
+    for key, interval in {**RANGES, **getattr(model_class, "config_ranges", {})}.items():
+        value = merged.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not in_interval(value, interval):
+            raise ValueError(f"{key}: {value!r} is out of range for {model}; it must lie in {interval}")

@@ -12,7 +12,8 @@ from recbole_ext import registry  # noqa: E402  (RecBole must be patched-for-sta
 
 registry.register_all()
 
+from recbole_ext.inference import TrainedModel, recommend  # noqa: E402
 from recbole_ext.quick_start import load, run  # noqa: E402
 
-__all__ = ["run", "load", "registry", "compat"]
+__all__ = ["run", "load", "recommend", "TrainedModel", "registry", "compat"]
 __version__ = "0.1.0"

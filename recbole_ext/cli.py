@@ -3,6 +3,7 @@ trained model.
 
     python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
     python run_recbole_ext.py --resume=saved/TiMiRec-....pth            (continue an interrupted run)
+    python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --distributed=2 [--ray_address=auto --use_gpu]
     python run_recbole_ext.py recommend --checkpoint=PATH --users=u1,u2 | --users_file=F [--k=10 --exclude_history]
     python run_recbole_ext.py export --checkpoint=PATH --what=items|users|interests --format=npy|parquet|csv --output=F
     python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm|mfn-ml1m --src=PATH [--dataset=NAME] [--data_path=dataset/]
@@ -48,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--src", help="folder with the raw files for --convert")
     p.add_argument("--data_path", default=None, help="where atomic datasets live (RecBole's data_path, default dataset/)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the interrupted run that saved CHECKPOINT")
+    d = p.add_argument_group("Ray Train data-parallel training (--distributed)")
+    d.add_argument("--distributed", type=int, metavar="N", help="train with N Ray Train workers (DDP; gloo on CPU)")
+    d.add_argument("--use_gpu", action="store_true", help="one GPU per worker (nccl)")
+    d.add_argument("--cpus_per_worker", type=float, default=1)
     t = p.add_argument_group("Ray Tune sweep (--tune)")
     t.add_argument("--tune", metavar="SPACE", help="search-space file (RecBole hyper.test lines or YAML)")
     t.add_argument("--num_samples", type=int, default=1, help="samples per grid point (default 1)")
@@ -206,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             fixed["data_path"] = args.data_path
         files = args.config_files.split() if args.config_files else None
         if args.resume:
+            if args.distributed or args.tune:
+                raise UsageError("--resume continues a single-process run; drop --distributed / --tune")
             if files:
                 raise UsageError("--resume continues with the configuration saved in the checkpoint; drop --config_files")
             result = recbole_ext.run(args.model, args.dataset, config_dict=fixed, resume=args.resume)
@@ -213,7 +220,15 @@ def main(argv: list[str] | None = None) -> int:
             args.model, args.dataset = args.model or DEFAULT_MODEL, args.dataset or DEFAULT_DATASET
             if args.tune:
                 return _sweep(args, args.dataset, files, fixed)
-            result = recbole_ext.run(args.model, args.dataset, config_file_list=files, config_dict=fixed)
+            if args.distributed:
+                from recbole_ext.distributed import run_distributed
+
+                result = run_distributed(args.model, args.dataset, files, fixed, workers=args.distributed,
+                                         use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+                                         ray_address=args.ray_address, storage_path=args.storage_path)
+                print(f"\n{args.distributed} workers, {result['samples_per_s_per_worker']:.0f} training rows/s per worker")
+            else:
+                result = recbole_ext.run(args.model, args.dataset, config_file_list=files, config_dict=fixed)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
         return 2

@@ -16,7 +16,10 @@ every model the package runs, RecBole's own included:
   (MARIF), else by ``predict`` on every (user, item) row with the user's and items' features joined, in chunks;
 * **multi-interest** models (those with ``interest_vectors``: ComiRec, TiMiRec, Re4) also say which interest produced
   each item: the interest whose vector scores the item highest (for TiMiRec after pretraining the score itself is a
-  mixture of the interests; the column still names the interest that matches the item best).
+  mixture of the interests; the column still names the interest that matches the item best);
+* **user vectors** for export: a model's ``user_vectors`` when it has one (TiMiRec after pretraining: the mixture it
+  scores with), else a sequential model's ``forward`` output when it is one vector per user (SASRec, GRU4Rec, ...),
+  else a general model's ``user_embedding`` table.
 
 Checkpoints are Python pickles (``torch.load(weights_only=False)``, as in RecBole): load only checkpoints from a
 source you trust.
@@ -30,9 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from recbole.data import data_preparation
 from recbole.data.interaction import Interaction
-from recbole.utils import ModelType, get_model
+from recbole.utils import ModelType, get_model, init_seed
 
 FORMATS = ("npy", "parquet", "csv")
 WHATS = ("items", "users", "interests")
@@ -56,11 +58,12 @@ class TrainedModel:
             raise ValueError(f"checkpoint: {path} is not a RecBole checkpoint (it has no config and state_dict)")
         config = self.config = state["config"]
         config["device"] = torch.device(device)
+        init_seed(config["seed"], config["reproducibility"])  # the training run's split (MARIF's pools come from it)
         self.dataset = load_dataset(config)
         # every interaction, before RecBole's build turns a sequential dataset's rows into (history, target) rows
         self.rows = self.dataset._dataframe_to_interaction(self.dataset.inter_feat)
-        train_data, _, _ = data_preparation(config, self.dataset)
-        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        train = self.dataset.build()[0]  # the split the model was built on; no data loaders (no eval negatives to draw)
+        model = get_model(config["model"])(config, train).to(config["device"])
         model.load_state_dict(state["state_dict"])
         model.load_other_parameter(state.get("other_parameter"))
         self.model = model.eval()
@@ -194,7 +197,8 @@ class TrainedModel:
             return self._tokens(self.uid, np.arange(1, self.dataset.user_num)), table.weight[1:].cpu().numpy()
         if what == "interests" and not hasattr(self.model, "interest_vectors"):
             raise ValueError(f"export: {name} is not a multi-interest model; use --what=users or --what=items")
-        if what == "users" and hasattr(self.model, "interest_vectors"):
+        one_vector = getattr(self.model, "user_vectors", None)
+        if what == "users" and hasattr(self.model, "interest_vectors") and one_vector is None:
             raise ValueError(f"export: {name} represents a user by several interests; use --what=interests")
         if self.model.type != ModelType.SEQUENTIAL:
             raise ValueError(f"export: interests need a sequential multi-interest model, not {name}")
@@ -207,7 +211,10 @@ class TrainedModel:
             if what == "interests":
                 parts.append(self.model.interest_vectors(interaction))
                 continue
-            out = self.model.forward(interaction[self.model.ITEM_SEQ], interaction[self.model.ITEM_SEQ_LEN])
+            out = one_vector(interaction) if one_vector else \
+                self.model.forward(interaction[self.model.ITEM_SEQ], interaction[self.model.ITEM_SEQ_LEN])
+            if out is None:
+                raise ValueError(f"export: {name} in this state scores by its interests; use --what=interests")
             if not isinstance(out, torch.Tensor) or out.dim() != 2:
                 raise ValueError(f"export: {name}.forward does not return one vector per user; users cannot be exported")
             parts.append(out)

@@ -125,6 +125,10 @@ def run(model: str | None, dataset: str | None, config_file_list: list[str] | No
             config[key] = value
     else:
         config = build_config(model, dataset, config_file_list, config_dict)
+    if config["distributed_workers"]:
+        from recbole_ext.distributed import scale
+
+        scale(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -156,6 +160,7 @@ def run(model: str | None, dataset: str | None, config_file_list: list[str] | No
         "checkpoint": trainer.saved_model_file if saved else None,
         "epochs": len(trainer.train_seconds),
         "train_seconds": trainer.train_seconds,
+        "train_losses": trainer.train_losses,
         "valid_seconds": trainer.valid_seconds,
         "valid_scores": trainer.valid_curve,
         "stage_epochs": trainer.stage_epochs,

@@ -28,7 +28,12 @@ RANGES = {
     "weight_decay": "[0, inf)", "embedding_size": "[1, inf)", "stopping_step": "[1, inf)", "eval_step": "[0, inf)",
     "MAX_ITEM_LIST_LENGTH": "[1, inf)", "eval_neg_num": "[1, inf)", "time_budget": "[0, inf)",
     "dropout_prob": "[0, 1)", "hidden_dropout_prob": "[0, 1)", "attn_dropout_prob": "[0, 1)",
+    "distributed_workers": "[0, inf)",
 }
+# choices of the keys every model shares (properties/overall.yaml); a model's own live on its class
+CHOICES = {"stopping_rule": ("recbole", "rechorus"), "train_neg_exclude": ("positive", "history"),
+           "sequential_loader": ("fast", "recbole"), "distributed_batch": ("global", "per_worker"),
+           "lr_scaling": ("none", "linear", "sqrt")}
 # keys RecBole reads or sets without a YAML default
 RECBOLE_RUNTIME = {"gpu_id", "device", "local_rank", "nproc", "world_size", "offset", "ip", "port", "verbose",
                    "encoding", "single_spec", "eval_type", "MODEL_INPUT_TYPE", "valid_neg_sample_args",
@@ -108,7 +113,7 @@ def check(model: str, model_class: type, defaults: dict, given: dict, checked_na
                 type(defaults[key]), type(defaults[key]).__name__)
             raise ValueError(f"{key}: {value!r} is not {kind} (its default is {defaults[key]!r})")
     merged = {**defaults, **given}
-    for key, choices in getattr(model_class, "config_choices", {}).items():
+    for key, choices in {**CHOICES, **getattr(model_class, "config_choices", {})}.items():
         if merged.get(key) not in choices:
             raise ValueError(f"{key}: {merged.get(key)!r} is not valid for {model}; choose one of {list(choices)}")
     for key, interval in {**RANGES, **getattr(model_class, "config_ranges", {})}.items():

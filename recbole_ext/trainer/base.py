@@ -24,7 +24,10 @@
   interrupted run reaches the uninterrupted run's metrics. Each stage of a multi-stage trainer has its own file
   beside its own checkpoint (``-pretrain-resume.pth``, ``-fm-resume.pth``);
 * **atomic checkpoints**: every file is written to a temporary name and renamed, so a kill mid-write leaves the
-  previous file intact.
+  previous file intact;
+* **data-parallel training** (``distributed_workers`` > 0, inside a process group; :mod:`recbole_ext.distributed`
+  sets it up): each worker trains on its rows of every global batch through ``DistributedDataParallel``; rank 0
+  evaluates and broadcasts the result and alone writes files; stop decisions are rank 0's.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_trainer
 
+from recbole_ext import distributed
 from recbole_ext.data.comirec import TARGETS
 from recbole_ext.data.protocol import CANDIDATES, FixedNegEvalDataLoader
 from recbole_ext.evaluation.comirec import KEY as COMIREC_KEY
@@ -103,6 +107,15 @@ class PluginTrainerMixin:
         # 0.028 against 0.037 after one Re4 epoch). Ask torch for its deterministic kernels as well.
         torch.use_deterministic_algorithms(bool(config["reproducibility"]), warn_only=True)
         super().__init__(config, model)
+        self.rank, self.world_size = distributed.world() if config["distributed_workers"] else (0, 1)
+        self.ddp = None
+        if config["distributed_workers"] and torch.distributed.is_initialized():
+            device = torch.device(config["device"])
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                distributed.LossOf(model), device_ids=[device.index or 0] if device.type == "cuda" else None,
+                find_unused_parameters=True)  # e.g. TiMiRec's predictor sits out its pretrain stage
+        self.trained_rows = 0  # rows this process trained on, all epochs (throughput of a worker)
+        self.train_losses: list[float] = []  # per epoch, all stages (summed over a tuple of losses)
         self.valid_scores: list[float] = []
         self.train_seconds: list[float] = []  # per epoch, for benchmarks and sweeps
         self.valid_seconds: list[float] = []
@@ -180,7 +193,7 @@ class PluginTrainerMixin:
             if (self.config["stopping_rule"] == "rechorus" and len(self.valid_scores) > 20
                     and all(a >= b for a, b in zip(last, last[1:]))):
                 raise _Stop("the last 10 valid scores never increased (ReChorus rule)")
-            if budget and perf_counter() - started > budget:
+            if budget and self._agreed(perf_counter() - started > budget):
                 raise _Stop(f"time_budget of {budget}s reached")
 
         try:
@@ -190,6 +203,14 @@ class PluginTrainerMixin:
         self._save_resume(self.epochs - 1, finished=True)
         return self.best_valid_score, self.best_valid_result
 
+    def _agreed(self, flag: bool) -> bool:
+        """Rank 0's answer on every worker (a clock-based decision must not differ between workers)."""
+        if self.ddp is None or self.world_size == 1:
+            return flag
+        value = torch.tensor([int(flag)])
+        torch.distributed.broadcast(value, src=0)
+        return bool(value.item())
+
     @property
     def resume_file(self) -> str:
         return self.saved_model_file[:-len(".pth")] + RESUME_SUFFIX
@@ -197,6 +218,8 @@ class PluginTrainerMixin:
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's checkpoint, written atomically."""
         target = kwargs.pop("saved_model_file", self.saved_model_file)
+        if self.rank != 0:  # one writer
+            return
         tmp = f"{target}.tmp-{os.getpid()}"
         try:
             super()._save_checkpoint(epoch, verbose=False, saved_model_file=tmp, **kwargs)
@@ -210,7 +233,7 @@ class PluginTrainerMixin:
 
     def _save_resume(self, epoch: int, finished: bool = False) -> None:
         """Everything the next epoch needs; RecBole's checkpoint keys included, so ``resume_checkpoint`` reads it."""
-        if not self._saving or (not self.config["single_spec"] and self.config["local_rank"] != 0):
+        if not self._saving or self.rank != 0 or (not self.config["single_spec"] and self.config["local_rank"] != 0):
             return
         atomic_save({
             "config": self.config, "epoch": epoch, "cur_step": self.cur_step, "finished": finished,
@@ -218,7 +241,8 @@ class PluginTrainerMixin:
             "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "curves": {"valid_scores": self.valid_scores, "train_seconds": self.train_seconds,
-                       "valid_seconds": self.valid_seconds, "stage_epochs": self.stage_epochs},
+                       "valid_seconds": self.valid_seconds, "stage_epochs": self.stage_epochs,
+                       "train_losses": self.train_losses},
             "rng": rng_state(train_data=self._fit_data[0], model=self.model),
         }, self.resume_file)
 
@@ -257,15 +281,31 @@ class PluginTrainerMixin:
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         start = perf_counter()
-        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        if self.ddp is None:
+            loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+            self.trained_rows += train_data.sample_size if hasattr(train_data, "sample_size") else 0
+        else:  # this worker's rows of every global batch; DDP averages the gradients in backward
+            shard = distributed.Shard(train_data, self.rank, self.world_size)
+            loss = super()._train_epoch(shard, epoch_idx, loss_func=self.ddp, **kwargs)
+            self.trained_rows += shard.rows
+            values = torch.tensor(loss if isinstance(loss, tuple) else [loss], dtype=torch.float64)
+            torch.distributed.all_reduce(values)  # the epoch loss of all workers, as one process would log it
+            values = (values / self.world_size).tolist()
+            loss = tuple(values) if isinstance(loss, tuple) else values[0]
         self.train_seconds.append(perf_counter() - start)
+        self.train_losses.append(float(sum(loss) if isinstance(loss, tuple) else loss))
         if self.eval_step <= 0 or not self._fit_data[1] or (epoch_idx + 1) % self.eval_step:
             self._save_resume(epoch_idx)  # no validation follows: the epoch ends here
         return loss
 
     def _valid_epoch(self, valid_data, show_progress=False):
         start = perf_counter()
-        score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        if self.ddp is None or self.world_size == 1:
+            score, result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        else:  # rank 0 evaluates everything; all workers then take the same early-stopping decision
+            payload = [super()._valid_epoch(valid_data, show_progress=show_progress) if self.rank == 0 else None]
+            torch.distributed.broadcast_object_list(payload, src=0)
+            score, result = payload[0]
         self.valid_seconds.append(perf_counter() - start)
         self.valid_scores.append(score)
         return score, result

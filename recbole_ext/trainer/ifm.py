@@ -17,6 +17,7 @@ from recbole.utils import get_model
 from torch import nn
 
 from recbole_ext.model.context_aware.ifm import warm_start
+from recbole_ext.distributed import broadcast_model
 from recbole_ext.trainer.base import PluginTrainerMixin
 
 
@@ -68,8 +69,10 @@ class IFMTrainer(PluginTrainerMixin, Trainer):
             self.logger.info(f"{name} stage 1/2: train FM for the warm start")
             stage.fit(train_data, valid_data, verbose, True, show_progress, callback_fn)  # the best FM is needed
         self.fm_valid_scores, done = stage.valid_scores, len(stage.train_seconds)
-        self.logger.info(f"{name} stage 2/2: start from the best FM ({warm_start(self.model, self.fm_file, config['dataset'])} "
-                         f"tensors copied)")
+        if self.rank == 0:  # the one writer holds the file; other workers get the weights from it
+            self.logger.info(f"{name} stage 2/2: start from the best FM "
+                             f"({warm_start(self.model, self.fm_file, config['dataset'])} tensors copied)")
+        broadcast_model(self.model)
         self.stage_label, self.stage = f"{name} stage 2/2 ", 1
         shifted = (lambda epoch, score: callback_fn(done + epoch, score)) if callback_fn else None
         result = super().fit(train_data, valid_data, verbose, saved, show_progress, shifted)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from recbole.trainer import Trainer
 
+from recbole_ext.distributed import broadcast_model
 from recbole_ext.trainer.base import PluginTrainerMixin
 
 # settings an extractor checkpoint must share with the run that loads it
@@ -78,7 +79,9 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
         # the best extractor is needed for the handover, so this stage always saves
         super().fit(train_data, valid_data, verbose, True, show_progress, callback_fn)
         self.stage_epochs["pretrain"] = done = len(self.train_seconds)
-        self.load_extractor(self.pretrain_file)
+        if self.rank == 0:  # the one writer holds the file; other workers get the weights from it
+            self.load_extractor(self.pretrain_file)
+        broadcast_model(self.model)
 
         self.model.mode, self.stage = "finetune", 1
         self._restart(final_file)

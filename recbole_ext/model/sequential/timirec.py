@@ -95,6 +95,11 @@ class TiMiRec(SequentialRecommender):
         """[B, K, d]: the extractor's interests (after pretraining the score mixes them by the predicted logits)."""
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])[0]
 
+    def user_vectors(self, interaction) -> torch.Tensor | None:
+        """[B, d]: after pretraining, the one vector items are scored against (the interests' mixture); None before."""
+        interests, logits = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return None if logits is None else self.mixture(interests, logits)
+
     @staticmethod
     def mixture(interests: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """User vector Σ_k softmax(p)_k V_k (no temperature at inference). [B, K, d], [B, K] -> [B, d]"""

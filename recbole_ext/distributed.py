@@ -1,0 +1,220 @@
+"""Data-parallel training on Ray Train: N workers, each one ordinary ``recbole_ext.run`` (RecBole's trainer).
+
+    python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --distributed=2 [--ray_address=auto --use_gpu]
+    recbole_ext.distributed.run_distributed("TiMiRec", "ml-100k", workers=2, config_dict={...})
+
+Ray Train's ``TorchTrainer`` starts the workers and their process group (gloo on CPU, nccl on GPU); inside each,
+the plugin trainer (:class:`recbole_ext.trainer.base.PluginTrainerMixin`) does the rest on RecBole's own ``fit``:
+
+* **data**: every worker builds the same dataset and train loader with the same seed, so all draw the same global
+  batches (and negatives); worker *r* of *N* trains on rows r, r+N, ... of each (a strided distributed sampler over
+  every global batch). With ``distributed_batch: global`` (default) ``train_batch_size`` is the batch of all workers
+  together, so N workers see exactly the batches one process sees and, gradients being averaged, follow its loss
+  trajectory (exactly when N divides the batch, up to summation order); ``per_worker``: each worker takes
+  ``train_batch_size`` rows (global batch × N). ``lr_scaling: none | linear | sqrt`` multiplies ``learning_rate``
+  by 1, N or √N (default none: with a global batch the single-process learning rate is right);
+* **gradients**: the model's ``calculate_loss`` runs through torch's ``DistributedDataParallel``, which averages the
+  gradients over the workers during backward (unused parameters allowed: TiMiRec's pretrain stage leaves its
+  predictor out);
+* **evaluation**: rank 0 evaluates the full valid set and broadcasts the result, so every worker takes the same
+  early-stopping decision and the metrics are exactly those of a single-process evaluation; rank 0 alone writes
+  checkpoints, and a stage handover (TiMiRec's extractor, IFM's FM warm start) loads on rank 0 and broadcasts the
+  weights;
+* **results**: after every validation all workers report to Ray (rank 0's metrics are kept, with the best checkpoint
+  when it improved); at the end rank 0 tests its best model, and the checkpoint goes to ``storage_path`` through
+  Ray's checkpoint API. The returned dict is ``recbole_ext.run``'s, plus ``workers``, ``checkpoint`` (on storage)
+  and ``samples_per_s_per_worker``.
+
+A worker that dies fails the run with one line (``max_failures: 0``, default) or restarts the group from scratch
+(``max_failures > 0``) through Ray's ``FailureConfig``; it never hangs. Inside a Ray Tune trial the same call starts
+its own worker group, so a trial can itself be distributed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+BATCHING = ("global", "per_worker")
+LR_SCALING = ("none", "linear", "sqrt")
+BEST = "best.pth"
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the running process group, (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def scale(config) -> None:
+    """Per-worker batch and learning rate from ``distributed_batch`` / ``lr_scaling`` (in place, before the data)."""
+    n = config["distributed_workers"]
+    if config["distributed_batch"] == "per_worker":
+        config["train_batch_size"] = config["train_batch_size"] * n
+    config["learning_rate"] = config["learning_rate"] * {"none": 1, "linear": n, "sqrt": math.sqrt(n)}[
+        config["lr_scaling"]]
+
+
+class LossOf(nn.Module):
+    """DDP runs ``forward``: here it is the model's ``calculate_loss``, so the averaging hooks see every step."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, interaction):
+        return self.model.calculate_loss(interaction)
+
+
+class Shard:
+    """The wrapped train loader's global batches, each cut to this worker's rows (rank, rank + N, ...). A last batch
+    with fewer rows than workers is dropped on every worker alike (each must take the same number of steps)."""
+
+    def __init__(self, loader, rank: int, size: int):
+        self.loader, self.rank, self.size = loader, rank, size
+        self.rows = 0  # rows this worker trained on in the last pass
+
+    def __iter__(self):
+        self.rows = 0
+        for batch in self.loader:
+            if len(batch) < self.size:
+                continue
+            part = batch[self.rank::self.size]
+            self.rows += len(part)
+            yield part
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def broadcast_model(model: nn.Module) -> None:
+    """Rank 0's parameters and buffers to every worker (after rank 0 alone loaded a checkpoint)."""
+    if world()[1] > 1:
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def _worker(job: dict) -> None:
+    """One Ray Train worker: ``recbole_ext.run`` with the plugin trainer in distributed mode."""
+    import ray.train
+
+    from recbole_ext import compat
+
+    compat.setup_worker()
+    import recbole_ext
+
+    rank, size = world()
+    torch.set_num_threads(max(1, int(job["cpus_per_worker"])))
+    folder = Path(tempfile.mkdtemp(prefix=f"recbole_ext_rank{rank}_"))
+    os.chdir(folder)  # RecBole writes log/ into the working directory
+    config = {**job["config_dict"], "distributed_workers": size, "checkpoint_dir": str(folder / "saved")}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # Ray's GPU for this worker; RecBole would reset it from gpu_id
+        config["gpu_id"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    trainers = []
+    samples = []
+
+    def report(epoch: int, score: float) -> None:
+        trainer = trainers[0]
+        metrics = {"epoch": epoch, "valid_score": float(score), "stage": trainer.stage}
+        if job["worker_callback"]:
+            job["worker_callback"](rank, epoch, score)
+        if rank == 0 and trainer.cur_step == 0 and os.path.isfile(trainer.saved_model_file):  # just improved
+            with tempfile.TemporaryDirectory() as staged:
+                _stage(trainer, staged)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staged))
+        else:
+            ray.train.report(metrics)
+
+    def attach(trainer) -> None:
+        trainers.append(trainer)
+        trainer.saved_model_file = str(folder / "saved" / BEST)
+
+    result = recbole_ext.run(job["model"], job["dataset"], config_file_list=job["config_files"], config_dict=config,
+                             callback_fn=report, on_trainer=attach, test=rank == 0)
+    samples.append(trainers[0].trained_rows / max(sum(result["train_seconds"]), 1e-9))
+    final = {"final": 1, "samples_per_s": samples[0]}
+    if rank == 0:
+        keep = ("best_valid_score", "test_result", "pretrain_test_result", "epochs", "train_seconds", "valid_seconds",
+                "valid_scores", "stage_epochs", "best_valid_result", "model", "dataset", "train_losses")
+        final.update({key: _plain(result[key]) for key in keep})
+        with tempfile.TemporaryDirectory() as staged:
+            _stage(trainers[0], staged)
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(staged))
+    else:
+        ray.train.report(final)
+
+
+def _stage(trainer, folder: str) -> None:
+    """Copy the best checkpoint (and a first stage's) into ``folder`` for Ray's storage."""
+    import shutil
+
+    for path in {trainer.saved_model_file, getattr(trainer, "pretrain_file", None) or ""}:
+        if path and os.path.isfile(path):
+            shutil.copy2(path, folder)
+
+
+def _plain(value):
+    """Tensors, numpy scalars and OrderedDicts -> plain Python, for Ray's metrics."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def run_distributed(model: str, dataset: str, config_file_list: list[str] | None = None,
+                    config_dict: dict | None = None, *, workers: int = 2, use_gpu: bool = False,
+                    cpus_per_worker: float = 1, ray_address: str | None = None,
+                    storage_path: str | Path = "ray_results", name: str | None = None, max_failures: int = 0,
+                    worker_callback: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train ``model`` on ``dataset`` with ``workers`` data-parallel Ray Train workers; see the module docstring.
+    ``worker_callback(rank, epoch, valid_score)`` runs in every worker after every validation (tests use it)."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from recbole_ext import compat
+    from recbole_ext.quick_start import build_config, check_dataset
+
+    if workers < 1:
+        raise ValueError(f"distributed: {workers} workers; give at least 1")
+    compat.sanitize_argv()
+    config_dict = dict(config_dict or {})
+    base = build_config(model, dataset, config_file_list, {**config_dict, "distributed_workers": workers})
+    check_dataset(base)  # fail here, not once per worker
+    if base["data_path"]:  # workers run in their own folders: absolute paths
+        config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())
+    config_file_list = [str(Path(f).resolve()) for f in config_file_list or []] or None
+    if not ray.is_initialized():  # the workers apply the compat shims themselves (a setup hook costs ~9 s a run here)
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+    job = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,
+           "cpus_per_worker": cpus_per_worker, "worker_callback": worker_callback}
+    trainer = TorchTrainer(
+        _worker, train_loop_config=job,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name=name or f"{model}-{dataset}-x{workers}", storage_path=str(Path(storage_path).resolve()),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)))
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps the worker's error; keep its last line
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        raise RuntimeError(f"distributed training failed: {lines[-1] if lines else type(exc).__name__}") from exc
+    if result.error:
+        raise RuntimeError(f"distributed training failed: {str(result.error).strip().splitlines()[-1]}")
+    out = dict(result.metrics)
+    out["workers"] = workers
+    out["samples_per_s_per_worker"] = out.pop("samples_per_s")
+    out["checkpoint"] = str(Path(result.checkpoint.path) / BEST) if result.checkpoint else None
+    return out

@@ -117,7 +117,8 @@ def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None, fixe
                        num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
                        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=args.gpus_per_trial, grace_period=args.grace_period,
-                       ray_address=args.ray_address, storage_path=args.storage_path)
+                       ray_address=args.ray_address, storage_path=args.storage_path,
+                       workers_per_trial=args.distributed or 1)
     print_summary(result)
     return 0
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -122,7 +123,6 @@ def _worker(job: dict) -> None:
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # Ray's GPU for this worker; RecBole would reset it from gpu_id
         config["gpu_id"] = os.environ["CUDA_VISIBLE_DEVICES"]
     trainers = []
-    samples = []
 
     def report(epoch: int, score: float) -> None:
         trainer = trainers[0]
@@ -142,9 +142,9 @@ def _worker(job: dict) -> None:
 
     result = recbole_ext.run(job["model"], job["dataset"], config_file_list=job["config_files"], config_dict=config,
                              callback_fn=report, on_trainer=attach, test=rank == 0)
-    samples.append(trainers[0].trained_rows / max(sum(result["train_seconds"]), 1e-9))
-    final = {"final": 1, "samples_per_s": samples[0]}
-    if rank == 0:
+    final = {"final": 1, "samples_per_s": trainers[0].trained_rows / max(sum(result["train_seconds"]), 1e-9)}
+    if rank == 0:  # epoch -1 / finished: what a sweep reads as "ended on its own" (recbole_ext.tune)
+        final.update({"epoch": -1, "valid_score": float(result["best_valid_score"]), "stage": trainers[0].stage})
         keep = ("best_valid_score", "test_result", "pretrain_test_result", "epochs", "train_seconds", "valid_seconds",
                 "valid_scores", "stage_epochs", "best_valid_result", "model", "dataset", "train_losses")
         final.update({key: _plain(result[key]) for key in keep})
@@ -153,12 +153,11 @@ def _worker(job: dict) -> None:
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(staged))
     else:
         ray.train.report(final)
+    shutil.rmtree(folder / "saved", ignore_errors=True)  # the checkpoints are on storage now; the log stays
 
 
 def _stage(trainer, folder: str) -> None:
     """Copy the best checkpoint (and a first stage's) into ``folder`` for Ray's storage."""
-    import shutil
-
     for path in {trainer.saved_model_file, getattr(trainer, "pretrain_file", None) or ""}:
         if path and os.path.isfile(path):
             shutil.copy2(path, folder)
@@ -177,9 +176,11 @@ def run_distributed(model: str, dataset: str, config_file_list: list[str] | None
                     config_dict: dict | None = None, *, workers: int = 2, use_gpu: bool = False,
                     cpus_per_worker: float = 1, ray_address: str | None = None,
                     storage_path: str | Path = "ray_results", name: str | None = None, max_failures: int = 0,
-                    worker_callback: Callable[[int, int, float], None] | None = None) -> dict:
+                    worker_callback: Callable[[int, int, float], None] | None = None,
+                    callbacks: list | None = None) -> dict:
     """Train ``model`` on ``dataset`` with ``workers`` data-parallel Ray Train workers; see the module docstring.
-    ``worker_callback(rank, epoch, valid_score)`` runs in every worker after every validation (tests use it)."""
+    ``worker_callback(rank, epoch, valid_score)`` runs in every worker after every validation (tests use it);
+    ``callbacks``: Ray Train callbacks (a sweep passes Tune's ``TuneReportCallback``)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -205,7 +206,7 @@ def run_distributed(model: str, dataset: str, config_file_list: list[str] | None
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=name or f"{model}-{dataset}-x{workers}", storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=1), callbacks=callbacks))
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps the worker's error; keep its last line

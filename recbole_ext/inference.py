@@ -17,7 +17,9 @@ every model the package runs, RecBole's own included:
 * **multi-interest** models (those with ``interest_vectors``: ComiRec, TiMiRec, Re4) also say which interest produced
   each item: the interest whose vector scores the item highest (for TiMiRec after pretraining the score itself is a
   mixture of the interests; the column still names the interest that matches the item best);
-* **user vectors** for export: a model's ``user_vectors`` when it has one (TiMiRec after pretraining: the mixture it
+* **item and user vectors** for export: a module named ``item_embedding`` / ``user_embedding``, or a RecBole
+  context-aware model's rows of the item / user field in its shared table (FM, IFM, DeepFM, ...);
+* **user vectors** of sequential models: a model's ``user_vectors`` when it has one (TiMiRec after pretraining: the mixture it
   scores with), else a sequential model's ``forward`` output when it is one vector per user (SASRec, GRU4Rec, ...),
   else a general model's ``user_embedding`` table.
 
@@ -175,11 +177,20 @@ class TrainedModel:
 
     # --- embeddings --------------------------------------------------------------------------------------------
     def _item_table(self) -> torch.Tensor:
+        """[n_items, d]: a module named ``item_embedding``, else a context-aware model's rows of the item field."""
         for name, module in self.model.named_modules():
             if name.split(".")[-1] == "item_embedding" and isinstance(module, torch.nn.Embedding):
                 return module.weight
-        raise ValueError(f"export: {self.config['model']} has no item embedding table (a module named item_embedding); "
-                         "its items are scored from feature fields")
+        return self._field_rows(self.iid)
+
+    def _field_rows(self, field: str) -> torch.Tensor:
+        """A RecBole context-aware model's embedding rows of one token field (its slice of the shared table)."""
+        names = getattr(self.model, "token_field_names", None)
+        if not names or field not in names:
+            raise ValueError(f"export: {self.config['model']} has no embedding table for {field} (neither a module "
+                             f"named {field.split('_')[0]}_embedding nor a token field of a RecBole context model)")
+        start = int(self.model.token_field_offsets[names.index(field)])
+        return self.model.token_embedding_table.embedding.weight[start:start + self.dataset.num(field)]
 
     @torch.no_grad()
     def embeddings(self, what: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -192,9 +203,8 @@ class TrainedModel:
             raise ValueError(f"what: {what!r} is not one of {WHATS}")
         if what == "users" and self.model.type != ModelType.SEQUENTIAL:
             table = getattr(self.model, "user_embedding", None)
-            if not isinstance(table, torch.nn.Embedding):
-                raise ValueError(f"export: {name} has no user embedding table (user_embedding)")
-            return self._tokens(self.uid, np.arange(1, self.dataset.user_num)), table.weight[1:].cpu().numpy()
+            rows = table.weight if isinstance(table, torch.nn.Embedding) else self._field_rows(self.uid)
+            return self._tokens(self.uid, np.arange(1, self.dataset.user_num)), rows[1:].cpu().numpy()
         if what == "interests" and not hasattr(self.model, "interest_vectors"):
             raise ValueError(f"export: {name} is not a multi-interest model; use --what=users or --what=items")
         one_vector = getattr(self.model, "user_vectors", None)

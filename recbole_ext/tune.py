@@ -27,6 +27,7 @@ DISTRIBUTIONS = ("choice", "uniform", "quniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo", "median", "pbt")
 SEARCHES = ("random", "grid", "optuna", "hyperopt")
 BEST_FILE = "best.pth"
+DRIVER_CPU = 0.01  # what a distributed trial's own process holds (Ray refuses an empty request)
 
 
 class SearchSpaceError(ValueError):
@@ -142,6 +143,18 @@ def _trial(params: dict, fixed: dict) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the CWD
     config = trial_config(params, fixed, trial_dir)
+    if fixed["workers_per_trial"] > 1:  # the trial drives a Ray Train worker group; its reports come back to Tune
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from recbole_ext.distributed import run_distributed
+
+        workers = fixed["workers_per_trial"]
+        cpus = (fixed["cpus_per_trial"] - DRIVER_CPU) / workers  # the trial itself holds DRIVER_CPU
+        run_distributed(fixed["model"], fixed["dataset"], fixed["config_files"], config, workers=workers,
+                        use_gpu=fixed["gpus_per_trial"] > 0, cpus_per_worker=cpus,
+                        storage_path=Path(fixed["storage"]) / fixed["name"] / trial_dir.name, name="train",
+                        callbacks=[TuneReportCallback()])  # the workers' checkpoints go to the sweep's storage
+        return
     trainers = []
 
     best_file = str(trial_dir / "saved" / BEST_FILE)  # one name, also across PBT restarts
@@ -248,8 +261,11 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
               config_dict: dict | None = None, num_samples: int = 1, scheduler: str = "asha",
               search: str = "random", max_concurrent: int | None = None, cpus_per_trial: float = 1,
               gpus_per_trial: float = 0, grace_period: int = 1, ray_address: str | None = None,
-              storage_path: str | Path = "ray_results", name: str | None = None, test: bool = True) -> SweepResult:
-    """Run a sweep; write ``trials.csv``/``trials.md``, ``best.yaml`` and ``valid_curves.png`` to the sweep folder."""
+              storage_path: str | Path = "ray_results", name: str | None = None, test: bool = True,
+              workers_per_trial: int = 1) -> SweepResult:
+    """Run a sweep; write ``trials.csv``/``trials.md``, ``best.yaml`` and ``valid_curves.png`` to the sweep folder.
+    ``workers_per_trial`` > 1: each trial trains on that many Ray Train workers (:mod:`recbole_ext.distributed`),
+    which share the trial's ``cpus_per_trial`` / ``gpus_per_trial``."""
     import ray
     from ray import tune
 
@@ -287,9 +303,14 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
         else:
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,
-             "checkpoint_every_epoch": scheduler == "pbt", "cpus_per_trial": cpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed),
-                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+             "checkpoint_every_epoch": scheduler == "pbt", "cpus_per_trial": cpus_per_trial,
+             "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial, "storage": str(storage),
+             "name": name}
+    if workers_per_trial > 1 and scheduler == "pbt":
+        raise ValueError("scheduler: 'pbt' restarts trials from checkpoints, which distributed trials do not take")
+    # a distributed trial only drives its workers, which hold the rest of its resources
+    resources = {"cpu": DRIVER_CPU} if workers_per_trial > 1 else {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed), resources)
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric="valid_score", mode="max" if bigger else "min",
@@ -305,24 +326,21 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
     for i, result in enumerate(grid):
         history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         finished = "finished" in history and bool((history["finished"] == 1).any())
+        checkpoint = result.checkpoint or _reported(history)
         if "epoch" in history:
             history = history[history["epoch"] >= 0]
-        tested = history  # a multi-stage trial is ranked on the last stage it reached: that stage's model is tested
-        if "stage" in history and len(history):
-            tested = history[history["stage"] == history["stage"].max()]
         params = {k: _plain(v) for k, v in (result.config or {}).items()}
         if "valid_score" in history and len(history):
             label = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
             curves[f"#{i} {label}"] = history
-        best = (tested["valid_score"].max() if bigger else tested["valid_score"].min()) \
-            if "valid_score" in tested and len(tested) else None
+        best = best_of_tested_stage(history, bigger)
         # a trial ends on its own (early stopping: the "finished" report) or at the horizon, where ASHA stops it
         status = "error" if result.error else ("completed" if finished or len(history) >= max_epochs else "stopped early")
         rows.append({"trial": Path(result.path).name if result.path else f"trial_{i}", **params,
                      f"best_valid_{metric}": best, "epochs": len(history),
                      "time_s": round(float(history["time_total_s"].iloc[-1]), 1) if "time_total_s" in history else None,
                      "status": status, "error": str(result.error).strip().splitlines()[-1] if result.error else "",
-                     "path": result.path, "checkpoint": result.checkpoint})
+                     "path": result.path, "checkpoint": checkpoint})
     table = pd.DataFrame(rows)
     folder = storage / name
     shown = table.drop(columns=["path", "checkpoint"])
@@ -346,6 +364,24 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
             test_result = {k: float(v) for k, v in evaluate_checkpoint(str(_best_checkpoint(Path(reported)))).items()}
     return SweepResult(shown, best_params, best_file, test_result, folder / "valid_curves.png",
                        folder)
+
+
+def best_of_tested_stage(history: pd.DataFrame, bigger: bool) -> float | None:
+    """A trial's best valid score on the model that gets tested: a multi-stage trial (``stage`` 0, 1) is ranked on
+    the last stage it reached, whose checkpoint is the one tested, not on a better score of an earlier stage."""
+    if "valid_score" not in history or not len(history):
+        return None
+    if "stage" in history:
+        history = history[history["stage"] == history["stage"].max()]
+    return float(history["valid_score"].max() if bigger else history["valid_score"].min())
+
+
+def _reported(history: pd.DataFrame):
+    """The last checkpoint a distributed trial's workers reported (Tune's callback gives its path), or None."""
+    from ray import tune
+
+    paths = history["checkpoint_path"].dropna() if "checkpoint_path" in history else []
+    return tune.Checkpoint(paths.iloc[-1]) if len(paths) else None
 
 
 def _plain(value):

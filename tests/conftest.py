@@ -57,6 +57,27 @@ def tiny(tmp_path) -> dict:
             "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
 
 
+MODELS = [  # every plugin model on tiny data, with what it needs
+    ("ComiRec", "tiny", {"protocol": "rechorus"}),
+    ("TiMiRec", "tiny", {"protocol": "rechorus", "stage": "both"}),
+    ("Re4", "tiny", {"n_negatives": 10}),
+    ("IFM", "rated", {"loss_type": "BCE"}),
+    ("INN", "rated", {"loss_type": "BCE"}),
+    ("DeepIFM", "rated", {"loss_type": "BCE"}),
+    ("MARIF", "rated", {"hidden_size": 16, "history_len": 4}),
+    ("MFN", "mfn-synthetic-tiny", {"hidden_size": 16, "inner_size": 32, "metrics": ["Hit", "NDCG"], "topk": [5],
+                                   "valid_metric": "NDCG@5", "MAX_ITEM_LIST_LENGTH": 20}),
+]
+
+
+
+def base_config(model: str, dataset: str, tiny: dict, ratings: dict) -> dict:
+    """The fixture config a MODELS row runs on (MFN loads its own columns, so no load_col)."""
+    if dataset == "rated":
+        return ratings
+    return {k: v for k, v in tiny.items() if k != "load_col" or model != "MFN"}
+
+
 CTR = {**FAST, "metrics": ["AUC", "LogLoss"], "valid_metric": "AUC", "train_batch_size": 256,
        "eval_batch_size": 4096, "embedding_size": 4}
 

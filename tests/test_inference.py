@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import MODELS, base_config
 from recbole_ext import run
 from recbole_ext.cli import main
 from recbole_ext.inference import TrainedModel, recommend, write_embeddings
@@ -90,8 +91,11 @@ def test_general_and_context_models_recommend_by_their_own_scores(tiny, ratings)
         "user_id": torch.as_tensor(ifm.user_ids(["u1"])), "item_id": torch.as_tensor(
             ifm.dataset.token2id("item_id", [table.item[0]])).view(1)}))
     assert float(ifm.model.predict(pair)) == pytest.approx(table.score[0], abs=1e-6)
-    with pytest.raises(ValueError, match="has no item embedding table"):
-        ifm.embeddings("items")
+    ids, items = ifm.embeddings("items")  # IFM's rows of the item field in the shared feature table
+    first = ifm.model.token_embedding_table.embedding.weight[ifm.model.token_field_offsets[1] + 1]
+    assert items.shape == (30, 4) and ifm.model.token_field_names[1] == "item_id"
+    assert np.allclose(items[0], first.detach().numpy())
+    assert ids[0] == ifm.dataset.field2id_token["item_id"][1]
 
 
 def test_cli_recommend_and_export_write_their_files(comirec, tmp_path, capsys):
@@ -105,3 +109,16 @@ def test_cli_recommend_and_export_write_their_files(comirec, tmp_path, capsys):
                  f"--output={tmp_path / 'items.csv'}"]) == 0
     assert pd.read_csv(tmp_path / "items.csv").shape == (40, 9)
     assert "items: 40 x 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, dataset, extra", MODELS, ids=[m for m, _, _ in MODELS])
+def test_every_plugin_model_recommends_unseen_items_by_raw_id(tiny, ratings, model, dataset, extra):
+    base = base_config(model, dataset, tiny, ratings)
+    trained = TrainedModel(run(model, dataset, config_dict={**base, **extra})["checkpoint"])
+    users = trained.dataset.field2id_token[trained.uid][1:3].tolist()
+    table = trained.recommend(users, k=3, exclude_history=True)
+    assert table.user.tolist() == [u for u in users for _ in range(3)] and np.isfinite(table.score).all()
+    rows, items = trained.seen(trained.user_ids(users))
+    for row, user in enumerate(users):
+        assert set(table[table.user == user].item).isdisjoint(trained._tokens(trained.iid, items[rows == row]))
+    assert ("interest" in table) == hasattr(trained.model, "interest_vectors")

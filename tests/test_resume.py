@@ -7,6 +7,7 @@ import torch
 
 from recbole_ext import run
 from recbole_ext.quick_start import resume_state
+from conftest import MODELS, base_config
 from recbole_ext.trainer.base import RESUME_SUFFIX, atomic_save
 
 
@@ -74,22 +75,10 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["model.pth"]  # no temporary file left behind
 
 
-MODELS = [  # every plugin model on tiny data, with what it needs
-    ("ComiRec", "tiny", {"protocol": "rechorus"}),
-    ("TiMiRec", "tiny", {"protocol": "rechorus", "stage": "both"}),
-    ("Re4", "tiny", {"n_negatives": 10}),
-    ("IFM", "rated", {"loss_type": "BCE"}),
-    ("INN", "rated", {"loss_type": "BCE"}),
-    ("DeepIFM", "rated", {"loss_type": "BCE"}),
-    ("MARIF", "rated", {"hidden_size": 16, "history_len": 4}),
-    ("MFN", "mfn-synthetic-tiny", {"hidden_size": 16, "inner_size": 32, "metrics": ["Hit", "NDCG"], "topk": [5],
-                                   "valid_metric": "NDCG@5", "MAX_ITEM_LIST_LENGTH": 20}),
-]
-
 
 @pytest.mark.parametrize("model, dataset, extra", MODELS, ids=[m for m, _, _ in MODELS])
 def test_two_cpu_runs_with_one_seed_give_identical_metrics(tiny, ratings, model, dataset, extra):
-    base = ratings if dataset == "rated" else {k: v for k, v in tiny.items() if k != "load_col" or model != "MFN"}
+    base = base_config(model, dataset, tiny, ratings)
     config = {**base, **extra, "epochs": 2}
     first, second = (run(model, dataset, config_dict=config) for _ in range(2))
     assert first["valid_scores"] == second["valid_scores"] and first["test_result"] == second["test_result"]

@@ -9,7 +9,7 @@ from ray import tune
 
 from recbole_ext import run
 from recbole_ext.quick_start import build_config
-from recbole_ext.tune import SearchSpaceError, parse_space, run_sweep, trial_config
+from recbole_ext.tune import SearchSpaceError, parse_space, run_sweep, best_of_tested_stage, trial_config
 
 
 def test_hyper_test_lines_follow_recbole(tmp_path):
@@ -110,3 +110,10 @@ def test_trial_keeps_the_gpus_ray_assigned(monkeypatch, tmp_path, learnable):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"  # RecBole's default gpu_id would have made it "0"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert "gpu_id" not in trial_config({}, {"config_dict": learnable}, tmp_path)
+
+
+def test_two_stage_trial_is_ranked_on_the_stage_it_tests():
+    pretrain_better = pd.DataFrame({"valid_score": [0.30, 0.35, 0.20, 0.25], "stage": [0, 0, 1, 1]})
+    assert best_of_tested_stage(pretrain_better, bigger=True) == 0.25  # not 0.35: the finetuned model is the one tested
+    assert best_of_tested_stage(pretrain_better.iloc[:2], bigger=True) == 0.35  # stopped in stage 0: its model is tested
+    assert best_of_tested_stage(pd.DataFrame({"valid_score": [0.5, 0.4]}), bigger=False) == 0.4

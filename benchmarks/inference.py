@@ -25,7 +25,7 @@ RUNS = {  # label -> (model, protocol, config overrides, what to export)
     "TiMiRec pretrain (K 2)": ("TiMiRec", "rechorus", {"stage": "pretrain"}, "interests"),
     "SASRec (RecBole)": ("SASRec", "rechorus", {"loss_type": "CE", "train_neg_sample_args": None}, "users"),
     "IFM (no full sort: 3.7M rows)": ("IFM", "ctr", {"loss_type": "BCE", "embedding_size": 16}, "items"),
-    "MARIF": ("MARIF", "ctr", {}, "items"),
+    "MARIF (no embedding table: history towers)": ("MARIF", "ctr", {}, None),
 }
 
 
@@ -58,15 +58,17 @@ def main() -> None:
         start = time.perf_counter()
         table = trained.recommend(users, k=10, exclude_history=True)
         answer = time.perf_counter() - start
-        start = time.perf_counter()
-        ids, vectors = trained.embeddings(what)
-        with tempfile.TemporaryDirectory() as folder:
-            write_embeddings(ids, vectors, "npy", Path(folder) / "e.npy")
+        start, shape = time.perf_counter(), None
+        if what:
+            ids, vectors = trained.embeddings(what)
+            with tempfile.TemporaryDirectory() as folder:
+                write_embeddings(ids, vectors, "npy", Path(folder) / "e.npy")
+            shape = f"{what} {'x'.join(map(str, vectors.shape))}"
         export = time.perf_counter() - start
         rows.append({"model": label, "items": trained.dataset.item_num - 1, "users": len(users),
                      "load_s": round(load, 2), "recommend_s": round(answer, 2),
-                     "users_per_s": round(len(users) / answer), "export": f"{what} {'x'.join(map(str, vectors.shape))}",
-                     "export_s": round(export, 2), "rows": len(table), "threads": args.threads})
+                     "users_per_s": round(len(users) / answer), "export": shape or "-",
+                     "export_s": round(export, 2) if what else None, "rows": len(table), "threads": args.threads})
         print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     plt = table_page(out, "inference", f"Using trained models: load, top-10 for {args.users} users, export",

@@ -24,7 +24,7 @@ RUNS = {  # label -> (model, protocol, config overrides, what to export)
     "ComiRec (K 4)": ("ComiRec", "rechorus", {}, "interests"),
     "TiMiRec pretrain (K 2)": ("TiMiRec", "rechorus", {"stage": "pretrain"}, "interests"),
     "SASRec (RecBole)": ("SASRec", "rechorus", {"loss_type": "CE", "train_neg_sample_args": None}, "users"),
-    "IFM (no full sort: 3.7M rows)": ("IFM", "ctr", {"loss_type": "BCE", "embedding_size": 16}, "items"),
+    "IFM (no full sort: every user x item row)": ("IFM", "ctr", {"loss_type": "BCE", "embedding_size": 16}, "items"),
     "MARIF (no embedding table: history towers)": ("MARIF", "ctr", {}, None),
 }
 

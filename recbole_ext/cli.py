@@ -166,10 +166,10 @@ def _use(command: str, argv: list[str]) -> int:
         table = TrainedModel(args.checkpoint, args.device).recommend(users, args.k, args.exclude_history)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.output:
-            from recbole_ext.inference import _replace
+            from recbole_ext.inference import replace_file
 
             out = Path(args.output)
-            _replace((lambda tmp: table.to_csv(tmp, index=False)) if out.suffix == ".csv"
+            replace_file((lambda tmp: table.to_csv(tmp, index=False)) if out.suffix == ".csv"
                      else (lambda tmp: table.to_json(tmp, orient="records", indent=1)), out)
             print(f"wrote {out}")
         return 0

@@ -43,8 +43,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-BATCHING = ("global", "per_worker")
-LR_SCALING = ("none", "linear", "sqrt")
 BEST = "best.pth"
 
 

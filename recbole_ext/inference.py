@@ -236,7 +236,7 @@ def recommend(checkpoint: str | Path, users, k: int = 10, exclude_history: bool 
     return TrainedModel(checkpoint).recommend(users, k, exclude_history)
 
 
-def _replace(write, path: Path) -> None:
+def replace_file(write, path: Path) -> None:
     """Write through ``write(tmp)`` then rename: a failure leaves an earlier file at ``path`` untouched."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -256,18 +256,18 @@ def write_embeddings(ids: np.ndarray, vectors: np.ndarray, fmt: str, output: str
         raise FileNotFoundError(f"output: folder {output.parent} does not exist")
     if fmt == "npy":
         sidecar = output.with_name(output.name + ".ids.txt")
-        _replace(lambda tmp: tmp.write_text("\n".join(map(str, ids)) + "\n"), sidecar)
+        replace_file(lambda tmp: tmp.write_text("\n".join(map(str, ids)) + "\n"), sidecar)
         def save(tmp: Path) -> None:
             with tmp.open("wb") as handle:  # a handle: np.save would append .npy to a name
                 np.save(handle, vectors)
 
-        _replace(save, output)
+        replace_file(save, output)
         return [output, sidecar]
     flat = vectors.reshape(-1, vectors.shape[-1])
     frame = pd.DataFrame(flat, columns=[f"e{j}" for j in range(flat.shape[1])])
     if vectors.ndim == 3:
         frame.insert(0, "interest", np.tile(np.arange(vectors.shape[1]), len(ids)))
     frame.insert(0, "id", np.repeat(ids, flat.shape[0] // len(ids)))
-    _replace((lambda tmp: frame.to_parquet(tmp, index=False)) if fmt == "parquet"
+    replace_file((lambda tmp: frame.to_parquet(tmp, index=False)) if fmt == "parquet"
              else (lambda tmp: frame.to_csv(tmp, index=False)), output)
     return [output]

@@ -75,12 +75,10 @@ def _list(data_path: str) -> None:
     print("plugin models :", ", ".join(sorted(registry.MODELS)))
     print("RecBole models:", ", ".join(registry.builtin_models()))
     print("protocols     :", ", ".join(registry.protocols()))
-    import recbole
-    import yaml
+    from recbole_ext.quick_start import downloadable
 
-    known = yaml.safe_load((Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml").read_text())
     print(f"datasets      : ml-100k (bundled with RecBole); in {data_path}/: {', '.join(local) or 'none'}")
-    print(f"downloadable  : {', '.join(sorted(known))} (RecBole fetches them on first use)")
+    print(f"downloadable  : {', '.join(downloadable())} (RecBole fetches them on first use)")
 
 
 def literal(value: str):
@@ -166,7 +164,7 @@ def _use(command: str, argv: list[str]) -> int:
         table = TrainedModel(args.checkpoint, args.device).recommend(users, args.k, args.exclude_history)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if args.output:
-            from recbole_ext.inference import replace_file
+            from recbole_ext.files import replace_file
 
             out = Path(args.output)
             replace_file((lambda tmp: table.to_csv(tmp, index=False)) if out.suffix == ".csv"

@@ -53,6 +53,14 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def keep_ray_gpus(config: dict, environ=os.environ) -> dict:
+    """Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPUs of a worker or trial; RecBole's Config would overwrite it with
+    ``gpu_id`` (default 0), putting every worker of a multi-GPU node on GPU 0, so ``gpu_id`` repeats Ray's choice."""
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        config["gpu_id"] = environ["CUDA_VISIBLE_DEVICES"]
+    return config
+
+
 def scale(config) -> None:
     """Per-worker batch and learning rate from ``distributed_batch`` / ``lr_scaling`` (in place, before the data)."""
     n = config["distributed_workers"]
@@ -118,8 +126,7 @@ def _worker(job: dict) -> None:
     folder = Path(tempfile.mkdtemp(prefix=f"recbole_ext_rank{rank}_"))
     os.chdir(folder)  # RecBole writes log/ into the working directory
     config = {**job["config_dict"], "distributed_workers": size, "checkpoint_dir": str(folder / "saved")}
-    if "CUDA_VISIBLE_DEVICES" in os.environ:  # Ray's GPU for this worker; RecBole would reset it from gpu_id
-        config["gpu_id"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    keep_ray_gpus(config)
     trainers = []
 
     def report(epoch: int, score: float) -> None:

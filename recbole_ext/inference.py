@@ -29,7 +29,6 @@ source you trust.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,8 @@ import pandas as pd
 import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType, get_model, init_seed
+
+from recbole_ext.files import replace_file
 
 FORMATS = ("npy", "parquet", "csv")
 WHATS = ("items", "users", "interests")
@@ -128,9 +129,9 @@ class TrainedModel:
 
     # --- scores ------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def scores(self, users: np.ndarray) -> torch.Tensor:
+    def scores(self, users: np.ndarray, interaction: Interaction | None = None) -> torch.Tensor:
         """[B, n_items] scores of every item (column 0, the padding id, is -inf)."""
-        interaction = self._input(users)
+        interaction = self._input(users) if interaction is None else interaction
         try:
             scores = self.model.full_sort_predict(interaction).view(len(users), -1)
         except NotImplementedError:  # a context-aware model without full ranking: every (user, item) row
@@ -160,7 +161,8 @@ class TrainedModel:
         frames = []
         for start in range(0, len(ids), batch_size):
             batch = ids[start:start + batch_size]
-            scores = self.scores(batch)
+            interaction = self._input(batch)
+            scores = self.scores(batch, interaction)
             if exclude_history:
                 rows, items = self.seen(batch)
                 scores[torch.as_tensor(rows), torch.as_tensor(items)] = -torch.inf
@@ -169,7 +171,7 @@ class TrainedModel:
                      "item": self._tokens(self.iid, top.indices.cpu().numpy().ravel()),
                      "score": top.values.cpu().numpy().ravel()}
             if hasattr(self.model, "interest_vectors"):
-                interests = self.model.interest_vectors(self._input(batch))  # [B, K, d]
+                interests = self.model.interest_vectors(interaction)  # [B, K, d]
                 vectors = self._item_table()[top.indices]  # [B, k, d]
                 frame["interest"] = torch.einsum("bkd,bjd->bjk", interests, vectors).argmax(-1).cpu().numpy().ravel()
             frames.append(pd.DataFrame(frame))
@@ -234,16 +236,6 @@ class TrainedModel:
 def recommend(checkpoint: str | Path, users, k: int = 10, exclude_history: bool = False) -> pd.DataFrame:
     """Top-k items for the users (raw tokens) from a checkpoint. -> DataFrame user, rank, item, score [, interest]."""
     return TrainedModel(checkpoint).recommend(users, k, exclude_history)
-
-
-def replace_file(write, path: Path) -> None:
-    """Write through ``write(tmp)`` then rename: a failure leaves an earlier file at ``path`` untouched."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_embeddings(ids: np.ndarray, vectors: np.ndarray, fmt: str, output: str | Path) -> list[Path]:

@@ -29,16 +29,20 @@ def _not_found(config: Config, reason: str) -> DatasetNotFound:
         f"--dataset={config['dataset']}")
 
 
-def check_dataset(config: Config) -> None:
-    """Fail now, in one line, when the dataset is neither in ``data_path`` nor one RecBole downloads or this package
-    generates (a sweep would otherwise fail once per trial)."""
+def downloadable() -> list[str]:
+    """The datasets RecBole downloads on first use (its url.yaml)."""
     import recbole
     import yaml
 
+    return sorted(yaml.safe_load((Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml").read_text()))
+
+
+def check_dataset(config: Config) -> None:
+    """Fail now, in one line, when the dataset is neither in ``data_path`` nor one RecBole downloads or this package
+    generates (a sweep would otherwise fail once per trial)."""
     from recbole_ext.data import mfn
 
-    downloadable = yaml.safe_load((Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml").read_text())
-    if (config["dataset"] in downloadable or config["dataset"] in mfn.SIZES
+    if (config["dataset"] in downloadable() or config["dataset"] in mfn.SIZES
             or any(Path(config["data_path"]).glob(f"{config['dataset']}*.inter"))):
         return
     raise _not_found(config, "RecBole cannot download it")

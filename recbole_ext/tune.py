@@ -111,12 +111,10 @@ def parse_space(path: str | Path, grid: bool = False) -> dict:
 
 def trial_config(params: dict, fixed: dict, trial_dir: Path, environ=os.environ) -> dict:
     """One trial's config dict: the fixed settings, the sampled values, its own checkpoint folder, and the GPUs Ray
-    gave it. Ray sets ``CUDA_VISIBLE_DEVICES`` to the trial's GPUs; RecBole would overwrite it with ``gpu_id``
-    (default 0), putting every trial of a multi-GPU node on GPU 0, so ``gpu_id`` repeats Ray's assignment."""
-    config = {**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}
-    if "CUDA_VISIBLE_DEVICES" in environ:
-        config["gpu_id"] = environ["CUDA_VISIBLE_DEVICES"]
-    return config
+    gave it (:func:`recbole_ext.distributed.keep_ray_gpus`)."""
+    from recbole_ext.distributed import keep_ray_gpus
+
+    return keep_ray_gpus({**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}, environ)
 
 
 def _trial(params: dict, fixed: dict) -> None:

@@ -47,6 +47,7 @@ from recbole_ext.data.protocol import CANDIDATES, FixedNegEvalDataLoader
 from recbole_ext.evaluation.comirec import KEY as COMIREC_KEY
 from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.evaluation.ranking import rank_scores
+from recbole_ext.files import replace_file
 
 
 RESUME_SUFFIX = "-resume.pth"
@@ -57,14 +58,8 @@ class _Stop(Exception):
 
 
 def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to ``path.tmp-PID``, then rename: readers never see a half-written file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp, pickle_protocol=4)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``torch.save`` through a temporary file: readers never see a half-written checkpoint."""
+    replace_file(lambda tmp: torch.save(obj, tmp, pickle_protocol=4), path)
 
 
 def generators(**holders) -> dict[str, torch.Generator]:
@@ -212,28 +207,27 @@ class PluginTrainerMixin:
         return bool(value.item())
 
     @property
+    def _writer(self) -> bool:
+        """Whether this process writes files: one writer per run (rank 0 of ours or of RecBole's own DDP)."""
+        return self.rank == 0 and (self.config["single_spec"] or self.config["local_rank"] == 0)
+
+    @property
     def resume_file(self) -> str:
         return self.saved_model_file[:-len(".pth")] + RESUME_SUFFIX
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's checkpoint, written atomically."""
         target = kwargs.pop("saved_model_file", self.saved_model_file)
-        if self.rank != 0:  # one writer
+        if not self._writer:
             return
-        tmp = f"{target}.tmp-{os.getpid()}"
-        try:
-            super()._save_checkpoint(epoch, verbose=False, saved_model_file=tmp, **kwargs)
-            if os.path.exists(tmp):  # RecBole writes nothing on a non-zero distributed rank
-                os.replace(tmp, target)
-                if verbose:
-                    self.logger.info(f"Saving current: {target}")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save = super()._save_checkpoint
+        replace_file(lambda tmp: save(epoch, verbose=False, saved_model_file=str(tmp), **kwargs), target)
+        if verbose:
+            self.logger.info(f"Saving current: {target}")
 
     def _save_resume(self, epoch: int, finished: bool = False) -> None:
         """Everything the next epoch needs; RecBole's checkpoint keys included, so ``resume_checkpoint`` reads it."""
-        if not self._saving or self.rank != 0 or (not self.config["single_spec"] and self.config["local_rank"] != 0):
+        if not self._saving or not self._writer:
             return
         atomic_save({
             "config": self.config, "epoch": epoch, "cur_step": self.cur_step, "finished": finished,

@@ -9,8 +9,11 @@ made in the driver process do not exist in worker processes.
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
+import types
 import warnings
+from importlib import resources
 
 # torch.load gets weights_only=False only when called from these packages: RecBole checkpoints pickle a
 # Config object (and use pickle protocol 4), which torch >= 2.6's weights-only unpickler rejects.
@@ -65,6 +68,73 @@ def _scipy_dok_update() -> None:
             cls._update = lambda self, data: self._dict.update(data)
 
 
+def _lazy(name: str):
+    """A stand-in for ``sklearn.metrics.<name>`` that imports sklearn on its first call."""
+    def call(*args, **kwargs):
+        from sklearn import metrics
+
+        return getattr(metrics, name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _sklearn_on_use() -> None:
+    """metrics.py:29-30 binds ``sklearn.metrics``' ``auc``, ``mean_absolute_error`` and ``mean_squared_error`` at
+    import, and every trainer imports it: sklearn (with scipy.stats) is ~140 MB of RSS and ~1.3 s per process,
+    Ray workers included, for three helpers that only the GAUC/MAE/RMSE metrics call. Import RecBole's metrics
+    module while a stand-in whose helpers import the real sklearn on first call sits in ``sys.modules``, then take
+    the stand-in away, so any later ``import sklearn.metrics`` gets the real module."""
+    if "recbole.evaluator.metrics" in sys.modules or "sklearn.metrics" in sys.modules:
+        return  # already bound, or sklearn is loaded anyway: nothing to save
+    stand_in = types.ModuleType("sklearn.metrics")
+    for name in ("auc", "mean_absolute_error", "mean_squared_error"):
+        setattr(stand_in, name, _lazy(name))
+    sys.modules["sklearn.metrics"] = stand_in
+    try:
+        import recbole.evaluator.metrics  # noqa: F401
+    finally:
+        if sys.modules.get("sklearn.metrics") is stand_in:
+            del sys.modules["sklearn.metrics"]
+
+
+MODEL_PACKAGES = ("general_recommender", "context_aware_recommender", "sequential_recommender",
+                  "knowledge_aware_recommender", "exlib_recommender")  # get_model's search order (utils.py:64)
+
+
+def model_file(package: str, name: str) -> bool:
+    """Whether RecBole ships ``recbole/model/<package>/<name lower>.py``, found without importing the package."""
+    return (resources.files("recbole.model") / package / f"{name.lower()}.py").is_file()
+
+
+def _get_model_by_file() -> None:
+    """utils.py:76 ``get_model`` tries ``importlib.util.find_spec`` on each model package in turn, and find_spec
+    of a submodule imports its package first: general_recommender's ``__init__`` imports every general model and
+    sklearn with them (~140 MB, ~1.3 s), for every model looked up, sequential ones included. The same search and
+    error, by file, so only the package that holds the model is imported; plugin aliases in ``sys.modules``
+    (see :mod:`recbole_ext.registry`) are found first, as find_spec finds them."""
+    import recbole.utils
+    import recbole.utils.utils as utils
+
+    if getattr(utils.get_model, "_recbole_ext", False):
+        return
+    original = utils.get_model
+
+    @functools.wraps(original)
+    def get_model(model_name):
+        for package in MODEL_PACKAGES:
+            path = f"recbole.model.{package}.{model_name.lower()}"
+            if path in sys.modules or model_file(package, model_name):
+                return getattr(importlib.import_module(path), model_name)
+        raise ValueError(f"`model_name` [{model_name}] is not the name of an existing model.")
+
+    get_model._recbole_ext = True
+    for module in (utils, recbole.utils, *(sys.modules.get(name) for name in (
+            "recbole.config.configurator", "recbole.quick_start.quick_start"))):
+        if module is not None and getattr(module, "get_model", None) is original:
+            module.get_model = get_model
+
+
 def _anomaly_mode_off() -> None:
     """sine.py:25 calls ``torch.autograd.set_detect_anomaly(True)`` at import time, and importing any
     RecBole sequential model imports it: every later backward pass runs NaN checks (SASRec: 1.7x slower).
@@ -91,6 +161,8 @@ def apply() -> None:
     if _applied:
         return
     _numpy_aliases()
+    _sklearn_on_use()
+    _get_model_by_file()
     _torch_load()
     _scipy_dok_update()
     _warning_filters()

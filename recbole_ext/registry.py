@@ -3,8 +3,8 @@
 No RecBole source is patched. Three hooks, all on RecBole's documented lookup paths (specs/recbole-compat.md §5):
 
 * **model**: the model's module is aliased as ``recbole.model.<type>_recommender.<name lower>`` in
-  ``sys.modules``; ``recbole.utils.get_model`` resolves names with ``importlib.util.find_spec``, which returns
-  the cached module's spec, so every caller (Config, run_recbole, load_data_and_model, ...) finds it.
+  ``sys.modules``; ``recbole.utils.get_model`` (RecBole's find_spec search, or compat's by-file one) looks there
+  first, so every caller (Config, run_recbole, load_data_and_model, ...) finds it.
 * **trainer**: ``recbole.trainer.<Name>Trainer`` is what ``recbole.utils.get_trainer`` looks up. A model either
   declares one (entry-point group ``recbole.trainers``, key = model name) or gets RecBole's ``Trainer`` with the
   plugin's evaluation protocols mixed in.
@@ -18,13 +18,13 @@ No RecBole source is patched. Three hooks, all on RecBole's documented lookup pa
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from recbole_ext import validation
+from recbole_ext.compat import model_file
 
 MODEL_GROUP = "recbole.models"
 TRAINER_GROUP = "recbole.trainers"
@@ -72,7 +72,7 @@ def _builtin_clash(name: str) -> str | None:
         module = sys.modules.get(alias)
         if module is not None and getattr(module, "__recbole_ext_alias__", False):
             continue
-        if importlib.util.find_spec(alias) is not None:
+        if model_file(sub, name):  # not find_spec: it imports the package, and with it every model it holds
             return alias
     return None
 
@@ -180,8 +180,9 @@ def builtin_models() -> list[str]:
 
 def check_model(name: str) -> None:
     """Fail with one line listing what exists, instead of RecBole's ``No module named 'lightgbm'``."""
-    if name in MODELS or name in builtin_models():
-        return
+    if name in MODELS or any(model_file(sub, name) and hasattr(
+            importlib.import_module(f"recbole.model.{sub}.{name.lower()}"), name) for sub in _BUILTIN_SUBMODULES):
+        return  # imports only the package that holds the model (builtin_models imports them all)
     raise ValueError(
         f"unknown model {name!r}. Plugin models: {', '.join(sorted(MODELS))}. "
         f"RecBole models: {', '.join(builtin_models())}"

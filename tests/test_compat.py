@@ -76,3 +76,31 @@ def test_pandas_pin_fills_missing_cells(tmp_path):
     assert not any(np.isnan(v) for v in price.values())
     ids = data.token2id("item_id", ["i0", "i1", "i2"])
     assert [price[i] for i in ids] == pytest.approx([1.0, 2.0, 3.0])  # i1's missing price = the mean
+
+
+def test_sklearn_is_loaded_only_when_a_metric_needs_it():
+    """RecBole binds three sklearn helpers at import (~140 MB per process): after ``import recbole_ext`` and a
+    sequential model's lookup sklearn is still unloaded, and RecBole's AUC/MAE/RMSE give sklearn's numbers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, recbole_ext\n"
+        "from recbole.utils import get_model\n"
+        "from recbole.config import Config\n"
+        "assert get_model('SASRec').__name__ == 'SASRec' and get_model('TiMiRec').__name__ == 'TiMiRec'\n"
+        "Config(model='SASRec', dataset='ml-100k', config_dict={'state': 'ERROR', 'train_neg_sample_args': None})\n"
+        "assert 'sklearn' not in sys.modules, 'sklearn imported'\n"
+        "import recbole.evaluator.metrics as m\n"
+        "fpr, tpr = np.array([0, .5, 1.]), np.array([0, 1, 1.])\n"
+        "t, p = np.array([1., 2, 3]), np.array([1.5, 2, 2])\n"
+        "print(m.sk_auc(fpr, tpr), m.mean_absolute_error(t, p), m.mean_squared_error(t, p))\n"
+        "from sklearn.metrics import auc\n"
+        "assert auc is not m.sk_auc and auc(fpr, tpr) == m.sk_auc(fpr, tpr)\n"
+        "get_model('BPR')\n"
+        "try:\n    get_model('NoSuchModel')\nexcept ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert [float(x) for x in lines[0].split()] == pytest.approx([0.75, 0.5, 1.25 / 3])  # by hand
+    assert lines[1] == "`model_name` [NoSuchModel] is not the name of an existing model."

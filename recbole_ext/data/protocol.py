@@ -40,10 +40,10 @@ def user_item_keys(splits, uid_field: str, iid_field: str, list_field: str, n_it
     for split in splits:
         feat = split.inter_feat
         users = feat[uid_field].numpy().astype(np.int64)
-        keys.append(users * n_items + feat[iid_field].numpy())
-        history = feat[list_field].numpy()
-        rows, cols = np.nonzero(history)
-        keys.append(users[rows] * n_items + history[rows, cols])
+        keys.append(np.unique(users * n_items + feat[iid_field].numpy()))
+        for column in feat[list_field].numpy().T:  # a column at a time: [rows, L] keys at once is ~20 MB of peak
+            rows = np.nonzero(column)[0]
+            keys.append(np.unique(users[rows] * n_items + column[rows]))
     return np.unique(np.concatenate(keys))
 
 

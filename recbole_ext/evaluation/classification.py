@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 from recbole.evaluator.base_metric import LossMetric
-from sklearn import metrics
+
+
+def _sklearn():
+    """sklearn.metrics, imported on use: it costs ~140 MB per process (see compat._sklearn_on_use)."""
+    from sklearn import metrics
+
+    return metrics
 
 
 def _predicted(preds: np.ndarray) -> np.ndarray:
@@ -35,7 +41,7 @@ class ClassAUC(_ClassMetric):
         trues = trues.astype(int)
         scores = preds[:, None] if preds.ndim == 1 else preds
         classes = [1] if preds.ndim == 1 else range(preds.shape[1])
-        aucs = [metrics.roc_auc_score(trues == k, scores[:, -1 if preds.ndim == 1 else k]) for k in classes
+        aucs = [_sklearn().roc_auc_score(trues == k, scores[:, -1 if preds.ndim == 1 else k]) for k in classes
                 if 0 < (trues == k).sum() < len(trues)]
         return float(np.mean(aucs)) if aucs else float("nan")
 
@@ -47,17 +53,17 @@ class Accuracy(_ClassMetric):
 
 class ClassPrecision(_ClassMetric):
     def metric_info(self, preds: np.ndarray, trues: np.ndarray) -> float:
-        return float(metrics.precision_score(trues.astype(int), _predicted(preds), average=self.averaging(preds),
+        return float(_sklearn().precision_score(trues.astype(int), _predicted(preds), average=self.averaging(preds),
                                              zero_division=0))
 
 
 class ClassRecall(_ClassMetric):
     def metric_info(self, preds: np.ndarray, trues: np.ndarray) -> float:
-        return float(metrics.recall_score(trues.astype(int), _predicted(preds), average=self.averaging(preds),
+        return float(_sklearn().recall_score(trues.astype(int), _predicted(preds), average=self.averaging(preds),
                                           zero_division=0))
 
 
 class F1(_ClassMetric):
     def metric_info(self, preds: np.ndarray, trues: np.ndarray) -> float:
-        return float(metrics.f1_score(trues.astype(int), _predicted(preds), average=self.averaging(preds),
+        return float(_sklearn().f1_score(trues.astype(int), _predicted(preds), average=self.averaging(preds),
                                       zero_division=0))

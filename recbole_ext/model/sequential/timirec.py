@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from recbole_ext.model.layers import (
-    MultiInterestExtractor, bpr_loss, closest_interest, init_normal, max_interest_scores,
+    MultiInterestExtractor, Table, bpr_loss, closest_interest, init_normal, max_interest_scores,
 )
 
 
@@ -50,7 +50,7 @@ class InterestPredictor(nn.Module):
 
     def __init__(self, n_items: int, d: int, n_interests: int, n_layers: int):
         super().__init__()
-        self.item_embedding = nn.Embedding(n_items + 1, d)
+        self.item_embedding = Table(n_items + 1, d)
         self.gru = nn.GRU(d, d, batch_first=True)
         hidden = [m for _ in range(n_layers - 1) for m in (nn.Linear(d, d), nn.Dropout(0.5), nn.ReLU())]
         self.proj = nn.Sequential(*hidden, nn.Linear(d, n_interests))

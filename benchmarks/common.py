@@ -58,10 +58,13 @@ def plot_curves(out, prefix: str, png: str, metric: str) -> None:
         return
     fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 4.5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
+        shown = metric
         for path in (c for c in curves if c.stem.split("_")[1] == dataset):
-            scores = json.loads(path.read_text())[metric]
+            saved = json.loads(path.read_text())
+            shown = metric if metric in saved else next(iter(saved))  # a dataset of another protocol has its own
+            scores = saved[shown]
             ax.plot(range(1, len(scores) + 1), scores, lw=1, marker=".", label=path.stem.split("_", 2)[2])
-        ax.set(title=dataset, xlabel="epoch", ylabel=metric)
+        ax.set(title=dataset, xlabel="epoch", ylabel=shown)
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / png, dpi=120)

@@ -35,8 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 from recbole.data.interaction import Interaction
-from recbole.utils import ModelType, get_model, init_seed
+from recbole.utils import ModelType, init_seed
 
+from recbole_ext import registry
 from recbole_ext.files import replace_file
 
 FORMATS = ("npy", "parquet", "csv")
@@ -66,7 +67,7 @@ class TrainedModel:
         # every interaction, before RecBole's build turns a sequential dataset's rows into (history, target) rows
         self.rows = self.dataset._dataframe_to_interaction(self.dataset.inter_feat)
         train = self.dataset.build()[0]  # the split the model was built on; no data loaders (no eval negatives to draw)
-        model = get_model(config["model"])(config, train).to(config["device"])
+        model = registry.build_model(config, train)
         model.load_state_dict(state["state_dict"])
         model.load_other_parameter(state.get("other_parameter"))
         self.model = model.eval()

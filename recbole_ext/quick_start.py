@@ -11,7 +11,7 @@ import torch
 
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import ModelType, get_model, init_logger, init_seed
+from recbole.utils import ModelType, init_logger, init_seed
 
 from recbole_ext import registry
 from recbole_ext.validation import read_mapping
@@ -84,7 +84,7 @@ def _build(config: Config):
     getLogger().info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    net = registry.build_model(config, train_data._dataset)
     return net, train_data, valid_data, test_data
 
 
@@ -190,7 +190,11 @@ def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dic
 
 def load(model_file: str):
     """RecBole's ``load_data_and_model`` (imported on use: ``recbole.quick_start`` imports Ray, ~100 MB that a
-    training process does not need). -> (config, model, dataset, train_data, valid_data, test_data)"""
+    training process does not need), a RecBole CTR model trained for ±1 regression scoring as trained.
+    -> (config, model, dataset, train_data, valid_data, test_data)"""
     from recbole.quick_start import load_data_and_model
 
-    return load_data_and_model(model_file)
+    from recbole_ext.model.context_aware.regression import needs_regression, regress_raw_score
+
+    config, model, *data = load_data_and_model(model_file)
+    return (config, regress_raw_score(model) if needs_regression(config) else model, *data)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from recbole_ext import validation
 from recbole_ext.compat import model_file
+from recbole_ext.model.context_aware.regression import RAW_SCORE_MODELS, needs_regression, regress_raw_score
 
 MODEL_GROUP = "recbole.models"
 TRAINER_GROUP = "recbole.trainers"
@@ -155,14 +156,24 @@ def _wrap_config() -> None:
         if merged.get("task") == "user_classification":  # one row per user, the label a user field
             self._update_internal_config_dict(str(properties_dir() / "protocol" / "user_classification.yaml"))
             self.internal_config_dict["LABEL_FIELD"] = merged.get("label")
-        if protocol == "libfm" and "MSE" not in getattr(model_class, "config_choices", {}).get("loss_type", ()):
-            raise ValueError(f"protocol libfm: {model} trains with BCE on 0/1 labels and cannot regress its ±1 labels; "
-                             "use a model with loss_type MSE (IFM, INN, DeepIFM) or 0/1 labels (protocol ctr)")
+        if protocol == "libfm" and model not in RAW_SCORE_MODELS \
+                and "MSE" not in getattr(model_class, "config_choices", {}).get("loss_type", ()):
+            raise ValueError(f"protocol libfm: {model} cannot regress ±1 labels; use IFM, INN, DeepIFM or one of "
+                             f"RecBole's {', '.join(sorted(RAW_SCORE_MODELS))}, or 0/1 labels (protocol ctr)")
         validation.check(model, model_class, self.internal_config_dict, self.external_config_dict,
                          set(self.variable_config_dict) | set(self.cmd_config_dict))
 
     _load_internal_config_dict._recbole_ext = True
     Config._load_internal_config_dict = _load_internal_config_dict
+
+
+def build_model(config, dataset):
+    """A fresh model of ``config["model"]`` on ``dataset``, as RecBole builds it; RecBole's CTR models regress
+    ±1 labels on their raw score under ``loss_type: MSE`` (protocol libfm). Every entry point builds through here."""
+    from recbole.utils import get_model
+
+    model = get_model(config["model"])(config, dataset).to(config["device"])
+    return regress_raw_score(model) if needs_regression(config) else model
 
 
 def builtin_models() -> list[str]:

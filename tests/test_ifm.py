@@ -14,7 +14,8 @@ from conftest import FAST
 from recbole_ext.data.convert import convert_libfm
 from recbole_ext.evaluation import ClippedRMSE
 from recbole_ext.model.layers import InteractionAwarePairs
-from recbole_ext.quick_start import _build, build_config
+from recbole_ext.inference import TrainedModel
+from recbole_ext.quick_start import _build, build_config, run
 from recbole_ext.trainer.base import resolve_trainer
 
 def test_pair_layer_hand_values():
@@ -137,8 +138,27 @@ def test_libfm_protocol_runs_with_clipped_rmse(tmp_path):
         assert result["test_result"]["clippedrmse"] < 0.9  # label = parity of user + tag: learnable
     frame = pd.read_csv(tmp_path / "data" / "toy" / "toy.valid.inter", sep="\t")
     assert list(frame.columns) == ["label:float", "user_id:token", "item_id:token", "tag:token"] and len(frame) == 200
-    with pytest.raises(ValueError, match="FM trains with BCE"):  # RecBole's FM cannot regress ±1 labels
-        build_config("FM", "toy", config_dict=config)
+    with pytest.raises(ValueError, match="DCNV2 cannot regress"):  # its loss is not BCE on a raw score
+        build_config("DCNV2", "toy", config_dict=config)
+
+
+def test_recbole_ctr_models_regress_the_raw_score_under_libfm(tmp_path):
+    """RecBole's FM/AFM as the paper's ±1 baselines: squared error on the raw score, which is the prediction."""
+    _libfm(tmp_path / "raw")
+    convert_libfm(tmp_path / "raw", tmp_path / "data", "toy", fields=["user_id", "item_id", "tag"])
+    fast = {key: value for key, value in FAST.items() if key not in ("metrics", "valid_metric", "topk")}
+    config = {**fast, "data_path": str(tmp_path / "data"), "protocol": "libfm", "epochs": 6, "embedding_size": 4,
+              "train_batch_size": 64, "learning_rate": 0.05, "checkpoint_dir": str(tmp_path / "saved")}
+    for model in ("FM", "AFM"):
+        net, train, _, test = _build(build_config(model, "toy", config_dict=config))
+        assert isinstance(net.loss, torch.nn.MSELoss)
+        result = run(model, "toy", config_dict=config)
+        # a sigmoid in [0, 1] against ±1 labels cannot get under RMSE √0.5 ≈ 0.707 here (half the labels are -1)
+        assert result["test_result"]["clippedrmse"] < 0.69, result["test_result"]
+        scores = TrainedModel(result["checkpoint"]).model.predict(next(iter(test))[0])
+        assert (scores < 0).any() and (scores > 0).any()  # the raw score, reloaded as trained
+    with pytest.raises(RuntimeError, match="RecBole's own Trainer would train FM with BCE"):  # not silently wrong
+        run_recbole(model="FM", dataset="toy", config_dict=config)
 
 
 @pytest.mark.parametrize("bad, message", [("1 3:1 15:1", "line 5 has 2 features"),

@@ -92,3 +92,25 @@ def test_recbole_builtin_model_runs_under_the_protocol(tiny):
 def test_time_budget_stops_even_while_the_score_improves(tiny):
     result = run("ComiRec", "tiny", config_dict={**tiny, "epochs": 5, "time_budget": 1e-6})
     assert result["epochs"] == 1 and result["test_result"] is not None  # the best (only) checkpoint is tested
+
+
+def test_shipped_negatives_numeric_and_token_paths_agree(tmp_path, monkeypatch):
+    """ReChorus's integer tokens are parsed without a Python string per token; the result is the token path's."""
+    from types import SimpleNamespace
+
+    from recbole_ext.data import protocol
+
+    dataset = SimpleNamespace(uid_field="user_id", iid_field="item_id", field2token_id={
+        "user_id": {"[PAD]": 0, "7": 1, "9": 2}, "item_id": {"[PAD]": 0, "10": 1, "11": 2, "12": 3}})
+    split = SimpleNamespace(inter_feat={"user_id": torch.tensor([2, 1]), "item_id": torch.tensor([1, 2])})
+    path = tmp_path / "x.valid.neg"
+    path.write_text("user_id:token\titem_id:token\tneg_items:token_seq\n7\t11\t10 12\n9\t10\t12 11\n")
+    assert protocol._numeric_negatives(path, ["user_id", "item_id", "neg_items"], dataset.field2token_id["item_id"]) \
+        is not None
+    numeric = protocol.read_shipped(path, dataset, split)
+    monkeypatch.setattr(protocol, "_numeric_negatives", lambda *args: None)
+    assert numeric.tolist() == protocol.read_shipped(path, dataset, split).tolist() == [[3, 2], [1, 3]]
+    monkeypatch.undo()
+    path.write_text("user_id:token\titem_id:token\tneg_items:token_seq\n7\t11\t10 99\n9\t10\t12 11\n")
+    with pytest.raises(ValueError, match="negative item '99' is not an item"):
+        protocol.read_shipped(path, dataset, split)

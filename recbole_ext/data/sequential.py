@@ -90,6 +90,9 @@ class SequentialTrainLoader(TrainDataLoader):
 
     def __init__(self, config, dataset, sampler, shuffle=False):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
+        # negatives are drawn here; RecBole's sampler is unused and holds the whole pre-split dataset (~40 MB of
+        # augmented histories on Grocery): let it go
+        self._sampler = None
         device = torch.device(config["device"] or "cpu")
         feat = dataset.inter_feat
         self.fields = {name: feat[name].to(device) for name in feat.columns}

@@ -48,6 +48,7 @@ from recbole_ext.evaluation.comirec import KEY as COMIREC_KEY
 from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.evaluation.ranking import rank_scores
 from recbole_ext.files import replace_file
+from recbole_ext.model.context_aware.regression import RegressionTrainLoader
 
 
 RESUME_SUFFIX = "-resume.pth"
@@ -176,6 +177,8 @@ class PluginTrainerMixin:
         after saving an improved checkpoint, so the best model is kept whatever rule stops the run."""
         started, budget = perf_counter(), self.config["time_budget"]
         self._fit_data, self._saving = (train_data, valid_data), saved
+        if isinstance(train_data, RegressionTrainLoader):  # built by registry.build_model for ±1 regression
+            train_data.trainer_ready = True
         if self.resuming and os.path.isfile(self.resume_file) and self._load_resume(train_data):
             return self.best_valid_score, self.best_valid_result  # this stage had finished
 

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 
 from recbole.trainer import Trainer
 from recbole.utils import get_model
-from torch import nn
 
 from recbole_ext.model.context_aware.ifm import warm_start
+from recbole_ext.model.context_aware.regression import regress_raw_score
 from recbole_ext.distributed import broadcast_model
 from recbole_ext.trainer.base import PluginTrainerMixin
 
@@ -58,7 +58,7 @@ class IFMTrainer(PluginTrainerMixin, Trainer):
         config, name = self.config, self.config["model"]
         fm = get_model("FM")(config, train_data._dataset).to(config["device"])
         if config["loss_type"] == "MSE":  # the reference's FM regresses the ±1 labels on its raw score
-            fm.loss, fm.predict = nn.MSELoss(), fm.forward
+            regress_raw_score(fm)
         fm_epochs = config["fm_epochs"] or config["epochs"]
         with overridden(config, model="FM", learner=config["fm_learner"], learning_rate=config["fm_learning_rate"],
                         epochs=fm_epochs):

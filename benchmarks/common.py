@@ -87,6 +87,7 @@ def one_thread_epoch(spec: dict, batches: int = 20) -> float:
     config = build_config(spec["model"], spec["dataset"], config_dict=spec["config"])
     net, train, _, _ = _build(config)
     optimizer = resolve_trainer(config)(config, net).optimizer
+    train.trainer_ready = True  # a loader that refuses RecBole's plain Trainer: this loop trains the model _build made
     times = []
     for step, interaction in enumerate(train):
         start = time.perf_counter()

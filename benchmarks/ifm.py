@@ -70,12 +70,13 @@ def write_libfm(data_path: Path, source: str = "ml-1m-half", seed: int = 0) -> N
                                                      "state": "WARNING"})
     init_seed(seed, True)  # RecBole shuffles the RS split with the global stream, as run() seeds it
     dataset = load_dataset(config)
+    splits = dataset.build()  # also turns the feature tables into tensors
     users, items = dataset.user_feat, dataset.item_feat
     offsets, start = {}, 0
     for field in LIBFM_FIELDS:  # one index range per field, in order, so convert_libfm infers the fields
         offsets[field], start = start, start + dataset.num(field)
     with tempfile.TemporaryDirectory() as raw:
-        for part, split in zip(("train", "validation", "test"), dataset.build()):
+        for part, split in zip(("train", "validation", "test"), splits):
             feat = split.inter_feat
             uid, iid = feat["user_id"], feat["item_id"]
             columns = {"user_id": uid, "item_id": iid, **{f: users[f][uid] for f in ("gender", "age", "occupation",

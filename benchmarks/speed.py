@@ -2,8 +2,8 @@
 
 Rows: TiMiRec pretrain and finetune (add_trm 1, K 6), ComiRec (K 4), SASRec (RecBole's, BPR, 1 layer, 1 head,
 no dropout; ReChorus's SASRec beside it), all on Grocery_and_Gourmet_Food (ReChorus files, 99 fixed negatives),
-batch 256, the reference flags, ``--epochs`` epochs each, seed 0, one job at a time. Every measurement is a fresh
-subprocess (its own peak RSS). Per row:
+batch 256, the reference flags, ``--epochs`` epochs each, once per ``--seeds`` value (default 0), one job at a time.
+Every measurement is a fresh subprocess (its own peak RSS). Per row:
 
 * ours: train s/epoch (median over epochs, RecBole's ``Trainer.fit``), eval s, peak RSS, dev NDCG@5 per epoch;
   then the breakdown of one more epoch on a fresh model: ``data`` (one pass of the fast loader, negatives
@@ -15,7 +15,8 @@ subprocess (its own peak RSS). Per row:
 
 Writes ``docs/results/speed.csv``, ``speed.md`` and ``speed.png``.
 
-    python benchmarks/speed.py                       # all rows, 3 epochs
+    python benchmarks/speed.py                       # all rows, 3 epochs, seed 0
+    python benchmarks/speed.py --rows ComiRec --seeds 0 1 2 3 4   # both sides once per seed: medians, mean ± std
     python benchmarks/speed.py --rows ComiRec --epochs 2 --no_reference
 """
 

@@ -29,6 +29,15 @@ def test_table_matches_nn_embedding_values_and_gradients():
         assert (table.weight.grad[0].abs().sum() == 0) == (padding_idx == 0)
 
 
+def test_extractor_takes_the_history_looked_up_by_the_caller():
+    """ComiRec/TiMiRec look the history up with its target and negative (one dense gradient of the table)."""
+    torch.manual_seed(0)
+    extractor = MultiInterestExtractor(10, 4, 3, 2, 5, add_pos=True, add_trm=True)
+    seq, lengths = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]]), torch.tensor([3, 2])
+    rows = extractor.item_embedding(torch.cat([seq, torch.tensor([[6], [7]])], 1))
+    assert torch.allclose(extractor(seq, lengths), extractor(seq, lengths, items=rows[:, :-1]))
+
+
 def test_closest_interest_picks_largest_dot_product():
     interests = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 0.0], [0.0, 1.0]]])  # [B=2, K=2, d=2]
     target = torch.tensor([[1.0, 1.0], [0.0, 5.0]])

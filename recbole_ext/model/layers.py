@@ -112,7 +112,8 @@ class MultiInterestExtractor(nn.Module):
     map (``value_proj``, Re4's ``E W2``). ``bias=False`` drops the attention biases (Re4).
 
     item_seq: [B, L], lengths: [B] -> interests V: [B, K, d]; with ``details=True`` also the attention
-    A [B, K, L] and its masked logits S [B, K, L] (padding = -inf).
+    A [B, K, L] and its masked logits S [B, K, L] (padding = -inf). ``items``: the history's embeddings [B, L, d]
+    when the caller looked them up together with its targets (one lookup, one dense gradient of the table).
     """
 
     def __init__(self, n_items: int, d: int, attn_size: int, n_interests: int, max_len: int,
@@ -129,7 +130,8 @@ class MultiInterestExtractor(nn.Module):
         self.W2 = nn.Linear(attn_size, n_interests, bias=bias)
         self.value = nn.Linear(d, d, bias=False) if value_proj else None
 
-    def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor, details: bool = False):
+    def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor, details: bool = False,
+                items: torch.Tensor | None = None):
         mask = item_seq > 0  # [B, L]
         if self.position_embedding is None and self.transformer is None \
                 and self.item_embedding.num_embeddings < item_seq.numel():
@@ -139,7 +141,7 @@ class MultiInterestExtractor(nn.Module):
             logits = F.embedding(item_seq, self.W2(torch.tanh(self.W1(table))))  # [B, L, K]
             values = F.embedding(item_seq, table if self.value is None else self.value(table))
         else:
-            raw = self.item_embedding(item_seq)  # [B, L, d]
+            raw = self.item_embedding(item_seq) if items is None else items  # [B, L, d]
             h = raw
             if self.position_embedding is not None:
                 h = h + self.position_embedding(reversed_positions(item_seq, lengths))

@@ -52,17 +52,20 @@ class ComiRec(SequentialRecommender):
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        interests = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        table = self.extractor.item_embedding
-        pos = table(interaction[self.POS_ITEM_ID])  # [B, d]
+        seq, table = interaction[self.ITEM_SEQ], self.extractor.item_embedding
+        ids = [seq, interaction[self.POS_ITEM_ID][:, None]]
+        if self.loss_type == "BPR":
+            ids.append(interaction[self.NEG_ITEM_ID][:, None])
+        rows = table(torch.cat(ids, 1))  # [B, L + 1 (+1), d]: one lookup, one dense gradient of the table
+        interests = self.extractor(seq, interaction[self.ITEM_SEQ_LEN], items=rows[:, :seq.size(1)])
+        pos = rows[:, seq.size(1)]  # [B, d]
         user = closest_interest(interests, pos)  # [B, d]
         if self.loss_type == "CE":
             return torch.nn.functional.cross_entropy(user @ table.weight.T, interaction[self.POS_ITEM_ID])
         if self.loss_type == "SSM":
             return sampled_softmax_loss(user, table.weight, interaction[self.POS_ITEM_ID], self.n_negatives,
                                         self.neg_distribution)
-        neg = table(interaction[self.NEG_ITEM_ID])
-        return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))
+        return bpr_loss((user * pos).sum(-1), (user * rows[:, -1]).sum(-1))
 
     def predict_candidates(self, interaction, candidates: torch.Tensor) -> torch.Tensor:
         """candidates: [B, C] item ids -> [B, C] scores (fixed-negatives evaluation)."""

@@ -106,9 +106,12 @@ class TiMiRec(SequentialRecommender):
         return (torch.softmax(logits, dim=-1).unsqueeze(-1) * interests).sum(dim=1)
 
     def calculate_loss(self, interaction):
-        interests, logits = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        table = self.extractor.item_embedding
-        pos, neg = table(interaction[self.POS_ITEM_ID]), table(interaction[self.NEG_ITEM_ID])  # [B, d]
+        seq, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        rows = self.extractor.item_embedding(torch.cat(
+            [seq, interaction[self.POS_ITEM_ID][:, None], interaction[self.NEG_ITEM_ID][:, None]], 1))  # [B, L + 2, d]
+        interests = self.extractor(seq, lengths, items=rows[:, :-2])  # one lookup, one dense gradient of the table
+        pos, neg = rows[:, -2], rows[:, -1]  # [B, d]
+        logits = None if self.mode == "pretrain" else self.predictor(seq, lengths)
         if logits is None:  # pretrain: ComiRec's hard readout
             user = closest_interest(interests, pos)
             return bpr_loss((user * pos).sum(-1), (user * neg).sum(-1))

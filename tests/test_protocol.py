@@ -105,10 +105,9 @@ def test_shipped_negatives_numeric_and_token_paths_agree(tmp_path, monkeypatch):
     split = SimpleNamespace(inter_feat={"user_id": torch.tensor([2, 1]), "item_id": torch.tensor([1, 2])})
     path = tmp_path / "x.valid.neg"
     path.write_text("user_id:token\titem_id:token\tneg_items:token_seq\n7\t11\t10 12\n9\t10\t12 11\n")
-    assert protocol._numeric_negatives(path, ["user_id", "item_id", "neg_items"], dataset.field2token_id["item_id"]) \
-        is not None
+    assert protocol._numeric_file(path, dataset.field2token_id["item_id"]) is not None
     numeric = protocol.read_shipped(path, dataset, split)
-    monkeypatch.setattr(protocol, "_numeric_negatives", lambda *args: None)
+    monkeypatch.setattr(protocol, "_numeric_file", lambda *args: None)
     assert numeric.tolist() == protocol.read_shipped(path, dataset, split).tolist() == [[3, 2], [1, 3]]
     monkeypatch.undo()
     path.write_text("user_id:token\titem_id:token\tneg_items:token_seq\n7\t11\t10 99\n9\t10\t12 11\n")

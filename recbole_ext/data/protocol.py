@@ -60,53 +60,63 @@ def sample_negatives(users: np.ndarray, seen: np.ndarray, n_items: int, n_neg: i
     return negatives
 
 
-def _numeric_negatives(path: Path, columns: list[str], item_ids: dict) -> np.ndarray | None:
-    """[rows, N] internal ids parsed as integers by pandas' C reader (no Python string per token: ~40 MB less peak
-    RSS on Grocery's two files) when every item token is a plain decimal integer, as in ReChorus's files; None when
-    not, or when a line does not parse so (the token path then names it)."""
+def _numeric_file(path: Path, item_ids: dict) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """(user and target tokens [rows, 2], negatives [rows, N] internal ids), the negatives parsed as integers by
+    pandas' C reader (no Python string per token: ~40 MB less peak RSS on Grocery's two files), when every item token
+    is a plain decimal integer, as in ReChorus's files; None when not, or when a line does not parse so (the token
+    path then names it)."""
     numeric = {int(token): index for token, index in item_ids.items() if token.isdecimal() and token == str(int(token))}
-    if columns[2:] != ["neg_items"] or not numeric or len(numeric) < len(item_ids) - 1:  # [PAD]: the one non-numeric
+    if not numeric or len(numeric) < len(item_ids) - 1:  # [PAD]: the one non-numeric token
         return None
     try:
-        values = pd.read_csv(path, sep=r"\s+", header=None, skiprows=1, dtype={0: str, 1: str}).iloc[:, 2:].to_numpy()
+        frame = pd.read_csv(path, sep=r"\s+", header=None, skiprows=1, dtype={0: str, 1: str})
     except (ValueError, pd.errors.ParserError):
         return None
+    values = frame.iloc[:, 2:].to_numpy()
     if values.dtype.kind != "i":  # a ragged line (NaN) or a non-integer token
         return None
-    lookup = np.full(max(numeric) + 2, -1, dtype=np.int64)
+    lookup = np.full(max(numeric) + 2, -1, dtype=np.int64)  # the last entry (-1) serves ids out of range
     lookup[list(numeric)] = list(numeric.values())
     mapped = lookup[values.clip(-1, len(lookup) - 1)]
-    return None if (values < 0).any() or (mapped < 0).any() else mapped
+    return None if (mapped < 0).any() else (frame.iloc[:, :2], mapped)
+
+
+def _token_negatives(path: Path, tokens: pd.Series, item_ids: dict) -> np.ndarray:
+    """[rows, N] internal ids of space-separated item tokens; an unknown token or a ragged row names the file."""
+    width = tokens.str.count(" ") + 1
+    if width.nunique() != 1:
+        raise ValueError(f"{path}: every row needs the same number of negatives")
+    negatives = np.empty((len(tokens), int(width.iloc[0])), dtype=np.int64)
+    for start in range(0, len(tokens), 1024):  # in chunks: a Python string per token costs ~60 bytes
+        chunk = tokens.iloc[start:start + 1024].str.split(" ").explode()
+        mapped = chunk.map(item_ids)
+        if mapped.isna().any():
+            raise ValueError(f"{path}: negative item {chunk[mapped.isna()].iloc[0]!r} is not an item of the dataset")
+        negatives[start:start + 1024] = mapped.to_numpy(np.int64).reshape(-1, negatives.shape[1])
+    return negatives
 
 
 def read_shipped(path: Path, dataset, split) -> np.ndarray:
     """Negatives from an atomic ``user_id:token item_id:token neg_items:token_seq`` file, aligned to the split's
     rows; fails if the split RecBole made is not the one the file was written for."""
     uid, iid = dataset.uid_field, dataset.iid_field
-    frame = pd.read_csv(path, sep="\t", dtype=str, usecols=lambda column: not column.startswith("neg_items"))
     columns = [c.split(":")[0] for c in pd.read_csv(path, sep="\t", nrows=0).columns]
-    frame.columns = [c.split(":")[0] for c in frame.columns]
     missing = [c for c in (uid, iid, "neg_items") if c not in columns]
     if missing:
         raise ValueError(f"{path} has no column {', '.join(missing)}; a .neg file is tab-separated "
                          f"{uid}:token {iid}:token neg_items:token_seq")
     item_ids = dataset.field2token_id[iid]
-    negatives = _numeric_negatives(path, columns, item_ids) if columns[:2] == [uid, iid] else None
-    if negatives is None:
-        tokens = pd.read_csv(path, sep="\t", dtype=str, usecols=lambda column: column.startswith("neg_items")).iloc[:, 0]
-        width = tokens.str.count(" ") + 1
-        if width.nunique() != 1:
-            raise ValueError(f"{path}: every row needs the same number of negatives")
-        negatives = np.empty((len(tokens), int(width.iloc[0])), dtype=np.int64)
-        for start in range(0, len(tokens), 1024):  # in chunks: a Python string per token costs ~60 bytes
-            chunk = tokens.iloc[start:start + 1024].str.split(" ").explode()
-            mapped = chunk.map(item_ids)
-            if mapped.isna().any():
-                raise ValueError(f"{path}: negative item {chunk[mapped.isna()].iloc[0]!r} is not an item of the dataset")
-            negatives[start:start + 1024] = mapped.to_numpy(np.int64).reshape(-1, negatives.shape[1])
-    users = frame[uid].map(dataset.field2token_id[uid])
-    targets = frame[iid].map(item_ids)
-    row_of_user = pd.Series(np.arange(len(frame)), index=users.to_numpy())
+    parsed = _numeric_file(path, item_ids) if columns == [uid, iid, "neg_items"] else None
+    if parsed is not None:
+        ids, negatives = parsed
+        ids.columns = [uid, iid]
+    else:
+        frame = pd.read_csv(path, sep="\t", dtype=str)
+        frame.columns = columns
+        ids, negatives = frame[[uid, iid]], _token_negatives(path, frame["neg_items"], item_ids)
+    users = ids[uid].map(dataset.field2token_id[uid])
+    targets = ids[iid].map(item_ids)
+    row_of_user = pd.Series(np.arange(len(ids)), index=users.to_numpy())
     split_users = split.inter_feat[uid].numpy()
     if not row_of_user.index.is_unique or not np.isin(split_users, row_of_user.index).all():
         raise ValueError(f"{path}: needs exactly one row per user of the split (leave-one-out)")

@@ -43,9 +43,12 @@ class Table(nn.Embedding):
     """``nn.Embedding`` (same parameters, checkpoints and ``padding_idx`` rule) with the faster backward of
     :class:`_GatherRows`; ``max_norm``/``sparse`` are not supported. ids: [...] -> [..., d]"""
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.max_norm is not None or self.sparse:
             raise ValueError("Table supports neither max_norm nor sparse gradients; use nn.Embedding")
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return _GatherRows.apply(ids, self.weight, self.padding_idx)
 
 

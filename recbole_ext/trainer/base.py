@@ -177,7 +177,7 @@ class PluginTrainerMixin:
         after saving an improved checkpoint, so the best model is kept whatever rule stops the run."""
         started, budget = perf_counter(), self.config["time_budget"]
         self._fit_data, self._saving = (train_data, valid_data), saved
-        if isinstance(train_data, RegressionTrainLoader):  # built by registry.build_model for ±1 regression
+        if isinstance(train_data, RegressionTrainLoader):  # refuses RecBole's plain Trainer; our models regress
             train_data.trainer_ready = True
         if self.resuming and os.path.isfile(self.resume_file) and self._load_resume(train_data):
             return self.best_valid_score, self.best_valid_result  # this stage had finished

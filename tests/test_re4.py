@@ -79,6 +79,22 @@ def test_folded_decoder_is_the_reference_decoder():
         assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_decoder_error_with_its_written_out_backward_is_the_autograd_definition():
+    torch.manual_seed(0)
+    b, k, length, d = 3, 2, 4, 5
+    decoder = Decoder(d, length).double()
+    z = torch.randn(b, k, d, dtype=torch.double, requires_grad=True)
+    items = torch.randn(b, length, d, dtype=torch.double, requires_grad=True)
+    valid = torch.arange(length).unsqueeze(0) < torch.tensor([[4], [2], [1]])
+    positives = (torch.rand(b, k, length) < 0.5) & valid.unsqueeze(1)
+    weights = [z, items, *decoder.parameters()]
+    fast = decoder.error(z, items, valid, positives)
+    slow = re_construct_loss(decoder(z, valid), items, positives)
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-10) and fast.item() > 0
+    for ours, theirs in zip(torch.autograd.grad(3 * fast, weights), torch.autograd.grad(3 * slow, weights)):
+        assert torch.allclose(ours, theirs, rtol=1e-8, atol=1e-10)
+
+
 def test_per_item_extractor_path_equals_per_position_computation():
     torch.manual_seed(0)
     extractor = MultiInterestExtractor(6, 4, 8, 3, 5, add_pos=False, aggregate="raw", bias=False, value_proj=True)
@@ -95,18 +111,21 @@ def test_per_item_extractor_path_equals_per_position_computation():
 def test_sampled_softmax_is_the_full_softmax_when_every_item_is_a_candidate_and_masks_accidental_hits():
     torch.manual_seed(0)
     user, items, targets = torch.randn(5, 4), torch.randn(12, 4), torch.tensor([1, 3, 3, 7, 11])
-    full = F.cross_entropy(user @ items[1:].T, targets - 1)
-    assert sampled_softmax_loss(user, items, targets, 11).item() == pytest.approx(full.item(), abs=1e-6)
-    assert sampled_softmax_loss(user, items, targets, 5000).item() == pytest.approx(full.item(), abs=1e-6)
+
+    def by_hand(candidates):  # each row: its target against the candidates other than itself
+        return torch.stack([
+            -F.log_softmax(torch.cat([user[b:b + 1] @ items[t:t + 1].T,
+                                      user[b:b + 1] @ items[candidates[candidates != t]].T], 1), 1)[0, 0]
+            for b, t in enumerate(targets.tolist())]).mean().item()
+
+    full = by_hand(torch.arange(1, 12))
+    assert full == pytest.approx(F.cross_entropy(user @ items[1:].T, targets - 1).item(), abs=1e-6)
+    assert sampled_softmax_loss(user, items, targets, 11).item() == pytest.approx(full, abs=1e-6)
+    assert sampled_softmax_loss(user, items, targets, 5000).item() == pytest.approx(full, abs=1e-6)
     torch.manual_seed(1)
     sampled = sampled_softmax_loss(user, items, targets, 6)
     torch.manual_seed(1)
-    candidates = torch.randperm(11)[:6] + 1
-    expected = torch.stack([
-        -F.log_softmax(torch.cat([user[b:b + 1] @ items[t:t + 1].T,
-                                  user[b:b + 1] @ items[candidates[candidates != t]].T], 1), 1)[0, 0]
-        for b, t in enumerate(targets.tolist())]).mean()
-    assert sampled.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert sampled.item() == pytest.approx(by_hand(torch.randperm(11)[:6] + 1), abs=1e-6)
     assert torch.isfinite(sampled_softmax_loss(user, items, targets, 6, "log_uniform"))
 
 

@@ -196,9 +196,9 @@ def sampled_softmax_loss(user: torch.Tensor, items: torch.Tensor, targets: torch
     """
     n_real = items.size(0) - 1
     log_q = None
-    if n_negatives >= n_real:
-        candidates = torch.arange(1, n_real + 1, device=items.device)
-    elif distribution == "uniform":  # the log-Q correction is one constant here and cancels
+    if n_negatives >= n_real:  # the target against every other item: the full softmax, no candidate list to mask
+        return F.cross_entropy(user @ items[1:].T, targets - 1)
+    if distribution == "uniform":  # the log-Q correction is one constant here and cancels
         candidates = torch.randperm(n_real, device=items.device)[:n_negatives] + 1
     elif distribution == "log_uniform":
         ids = torch.arange(1, n_real + 1, device=items.device, dtype=items.dtype)

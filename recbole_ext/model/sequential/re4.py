@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from recbole_ext.model.layers import (
     MultiInterestExtractor, closest_interest, max_interest_scores, sampled_softmax_loss,
@@ -72,14 +73,13 @@ def re_contrast_loss(interests: torch.Tensor, items: torch.Tensor, valid: torch.
     """
     z = F.normalize(interests, dim=-1)
     e = F.normalize(items, dim=-1)
-    own = (z @ e.transpose(1, 2)) / temp  # [B, K, L]
-    other_interests = (z @ z.transpose(1, 2)) / temp  # [B, K, K]
-    eye = torch.eye(z.size(1), dtype=torch.bool, device=z.device)
-    other_user = (z @ e.roll(1, dims=0).transpose(1, 2)) / temp  # [B, K, L]
-    denominator = torch.logsumexp(torch.cat([
-        own.masked_fill(~valid.unsqueeze(1), float("-inf")),
-        other_interests.masked_fill(eye, float("-inf")),
-        other_user.masked_fill(~valid.roll(1, dims=0).unsqueeze(1), float("-inf"))], dim=-1), dim=-1)  # [B, K]
+    K, L = z.size(1), e.size(1)
+    # one batched product for the three similarity blocks: own items, the previous user's items, own interests
+    sims = (z @ torch.cat([e, e.roll(1, dims=0), z], 1).transpose(1, 2)) / temp  # [B, K, 2L + K]
+    seen = torch.cat([valid, valid.roll(1, dims=0)], 1).unsqueeze(1).expand(-1, K, -1)
+    others = ~torch.eye(K, dtype=torch.bool, device=z.device).expand(z.size(0), -1, -1)
+    denominator = torch.logsumexp(sims.masked_fill(~torch.cat([seen, others], -1), float("-inf")), dim=-1)  # [B, K]
+    own = sims[..., :L]
     terms = (denominator.unsqueeze(-1) - own) * positives
     return terms.sum() / positives.numel()
 
@@ -91,13 +91,57 @@ def re_construct_loss(reconstruction: torch.Tensor, items: torch.Tensor, positiv
     return error.sum() / error.numel()
 
 
+class _DecodedSquaredError(torch.autograd.Function):
+    """ReConstruct's decoder and its kept squared errors, forward and backward written out (``Decoder.error``).
+
+    The same function as ``re_construct_loss(Decoder.forward(...))`` before the division, in fewer passes over
+    the [B, K, L, d] activations (which dominate a Re4 step): the squared error is formed once in place and
+    summed as one dot product, and the backward reuses it as the gradient of the reconstruction.
+    z [B, K, d], items [B, L, d], the folded maps w_t, w_v [L·d, d + 1] (bias as the last column, so one matmul
+    gives a weight's gradient and its bias's), slot_weight (W3_2) [L, d], keep [B, K, L] bool, pad [B, L] bool (True
+    at padding) -> scalar
+    """
+
+    @staticmethod
+    def forward(ctx, z, items, w_t, w_v, slot_weight, keep, pad):
+        B, K, d = z.shape
+        L, N = items.size(1), B * K
+        flat = torch.cat([z.reshape(N, d), z.new_ones(N, 1)], 1)  # [N, d + 1]
+        t = torch.tanh(flat @ w_t.T).view(N, L, d)  # tanh(W3 r_j) of every proposal j
+        v = (flat @ w_v.T).view(N, L, d)  # W5 r_j
+        logits = (t.view(N * L, d) @ slot_weight.T).view(B, K, L, L)  # [B, K, j, s]
+        logits.masked_fill_(pad[:, None, :, None], float("-inf"))
+        p = torch.softmax(logits.view(N, L, L), dim=1)  # slot s attends over the real proposals j
+        diff = torch.bmm(p.transpose(1, 2), v).view(B, K, L, d)  # the reconstruction x̂ [B, K, s, d] ...
+        diff.sub_(items.unsqueeze(1)).mul_(keep.unsqueeze(-1))  # ... minus its target, kept slots only
+        ctx.save_for_backward(flat, w_t, w_v, slot_weight, t, v, p, diff)
+        return torch.dot(diff.view(-1), diff.view(-1))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        flat, w_t, w_v, slot_weight, t, v, p, diff = ctx.saved_tensors
+        N, L, d = t.shape
+        d_x = diff.mul_(2 * grad)  # d/dx̂; diff is not read again
+        d_items = -d_x.sum(1)
+        d_x = d_x.view(N, L, d)
+        d_v = torch.bmm(p, d_x).view(N, L * d)
+        d_p = torch.bmm(v, d_x.transpose(1, 2))  # [N, j, s]
+        d_logits = d_p.sub_((d_p * p).sum(1, keepdim=True)).mul_(p).view(N * L, L)  # softmax over j, backward
+        d_slot = d_logits.T @ t.view(N * L, d)
+        d_pre = torch.ops.aten.tanh_backward(d_logits @ slot_weight, t.view(N * L, d)).view(N, L * d)
+        d_z = torch.addmm(d_pre @ w_t[:, :d], d_v, w_v[:, :d]).view(-1, diff.size(1), d)
+        return d_z, d_items, (flat.T @ d_pre).T, (flat.T @ d_v).T, d_slot, None, None
+
+
 class Decoder(nn.Module):
     """ReConstruct's decoder: interest z -> L proposals R0 = fc_cons(z) -> slot attention
     ``softmax_j(W3_2 tanh(W3 R0ᵀ))`` over the real positions j -> slots ``x̂ = attention · (R0 W5)``.
 
     W3 and W5 act on fc_cons's output, so they are folded into it (``W3·fc_cons`` and ``W5·fc_cons``, two
     [L·d, d] maps built per step) and R0 itself is never formed: the reference's parameters and function, two
-    thirds of its largest matmuls. [B, K, d], [B, L] -> [B, K, L, d]"""
+    thirds of its largest matmuls. ``forward`` is the reconstruction in autograd ops; training calls ``error``,
+    the same numbers with the backward written out. [B, K, d], [B, L] -> [B, K, L, d]"""
 
     def __init__(self, d: int, max_len: int):
         super().__init__()
@@ -106,18 +150,30 @@ class Decoder(nn.Module):
         self.W3, self.W3_2, self.W5 = (nn.Linear(d, d, bias=False), nn.Linear(d, max_len, bias=False),
                                        nn.Linear(d, d, bias=False))
 
-    def _folded(self, outer: nn.Linear, z: torch.Tensor) -> torch.Tensor:
-        """outer(fc_cons(z)) per proposal, as one linear map: [B, K, d] -> [B, K, L, d]"""
-        d = z.size(-1)
+    def _folded(self, outer: nn.Linear) -> torch.Tensor:
+        """outer(fc_cons(z)) per proposal as one linear map: [L·d, d + 1], the bias as the last column"""
+        d = outer.weight.size(0)
         blocks = self.fc_cons.weight.view(self.max_len, d, d)  # proposal l = blocks[l] z + bias[l]
-        weight = (outer.weight @ blocks).reshape(-1, d)  # [L·d, d]
         bias = self.fc_cons.bias.view(self.max_len, d) @ outer.weight.T
-        return F.linear(z, weight, bias.reshape(-1)).unflatten(-1, (self.max_len, d))
+        return torch.cat([(outer.weight @ blocks).reshape(-1, d), bias.reshape(-1, 1)], 1)
 
     def forward(self, interests: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        slot_logits = self.W3_2(torch.tanh(self._folded(self.W3, interests))).transpose(-1, -2)  # [B, K, L(s), L(j)]
-        slot_logits = slot_logits.masked_fill(~valid[:, None, None, :], float("-inf"))
-        return torch.softmax(slot_logits, dim=-1) @ self._folded(self.W5, interests)
+        w_t, w_v = self._folded(self.W3), self._folded(self.W5)
+        proposals = (self.max_len, interests.size(-1))
+        pre = F.linear(interests, w_t[:, :-1], w_t[:, -1]).unflatten(-1, proposals)
+        slot_logits = self.W3_2(torch.tanh(pre)).transpose(-1, -2)
+        slot_logits = slot_logits.masked_fill(~valid[:, None, None, :], float("-inf"))  # [B, K, L(s), L(j)]
+        return torch.softmax(slot_logits, dim=-1) @ F.linear(interests, w_v[:, :-1], w_v[:, -1]).unflatten(-1, proposals)
+
+    def error(self, interests: torch.Tensor, items: torch.Tensor, valid: torch.Tensor,
+              positives: torch.Tensor) -> torch.Tensor:
+        """``re_construct_loss(self(interests, valid), items, positives)``, computed by ``_DecodedSquaredError``.
+        [B, K, d], [B, L, d], [B, L], [B, K, L] -> scalar"""
+        dtype = self.W3.weight.dtype
+        with torch.autocast(interests.device.type, enabled=False):  # its backward is written for one dtype
+            total = _DecodedSquaredError.apply(interests.to(dtype), items.to(dtype), self._folded(self.W3),
+                                               self._folded(self.W5), self.W3_2.weight, positives, ~valid)
+        return total / (positives.numel() * items.size(-1))
 
 
 class Re4(SequentialRecommender):
@@ -178,8 +234,7 @@ class Re4(SequentialRecommender):
         if self.weights["ct"]:
             losses.append(self.weights["ct"] * re_contrast_loss(interests, items, valid, positives, self.temp))
         if self.weights["cs"]:
-            reconstruction = self.decoder(interests, valid)
-            losses.append(self.weights["cs"] * re_construct_loss(reconstruction, items, positives))
+            losses.append(self.weights["cs"] * self.decoder.error(interests, items, valid, positives))
         return tuple(losses)
 
     def predict_candidates(self, interaction, candidates: torch.Tensor) -> torch.Tensor:

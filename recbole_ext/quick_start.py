@@ -77,15 +77,21 @@ def build_config(model: str, dataset: str, config_file_list: list[str] | None = 
     return Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
 
 
-def _build(config: Config):
-    """Dataset, RecBole's data preparation and a fresh model, seeded as RecBole's run_recbole does.
-    -> (model, train_data, valid_data, test_data)"""
+def _prepare(config: Config):
+    """Dataset and RecBole's data preparation, then the seed a fresh model is built under (as run_recbole).
+    -> (dataset, train_data, valid_data, test_data)"""
     data = load_dataset(config)
     getLogger().info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    net = registry.build_model(config, train_data._dataset)
-    return net, train_data, valid_data, test_data
+    return data, train_data, valid_data, test_data
+
+
+def _build(config: Config):
+    """Dataset, RecBole's data preparation and a fresh model, seeded as RecBole's run_recbole does.
+    -> (model, train_data, valid_data, test_data)"""
+    _, train_data, valid_data, test_data = _prepare(config)
+    return registry.build_model(config, train_data._dataset), train_data, valid_data, test_data
 
 
 def resume_state(path: str) -> tuple[str, dict]:
@@ -189,12 +195,15 @@ def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dic
 
 
 def load(model_file: str):
-    """RecBole's ``load_data_and_model`` (imported on use: ``recbole.quick_start`` imports Ray, ~100 MB that a
-    training process does not need), a RecBole CTR model trained for ±1 regression scoring as trained.
-    -> (config, model, dataset, train_data, valid_data, test_data)"""
-    from recbole.quick_start import load_data_and_model
-
-    from recbole_ext.model.context_aware.regression import needs_regression, regress_raw_score
-
-    config, model, *data = load_data_and_model(model_file)
-    return (config, regress_raw_score(model) if needs_regression(config) else model, *data)
+    """RecBole's ``load_data_and_model`` with the model built as every entry point builds it
+    (``registry.build_model``: a RecBole CTR model trained for ±1 regression scores as trained, a user-task model has
+    its head). -> (config, model, dataset, train_data, valid_data, test_data)"""
+    checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    dataset, train_data, valid_data, test_data = _prepare(config)
+    model = registry.build_model(config, train_data._dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

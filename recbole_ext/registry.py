@@ -155,7 +155,12 @@ def _wrap_config() -> None:
             self._update_internal_config_dict(str(preset))
         if merged.get("task") == "user_classification":  # one row per user, the label a user field
             self._update_internal_config_dict(str(properties_dir() / "protocol" / "user_classification.yaml"))
-            self.internal_config_dict["LABEL_FIELD"] = merged.get("label")
+            self.internal_config_dict["LABEL_FIELD"] = label = merged.get("label")
+            given = self.external_config_dict if "load_col" in self.external_config_dict else self.internal_config_dict
+            columns = given.get("load_col")
+            if isinstance(columns, dict) and label and label not in columns.get("user", []):  # load the label too
+                uid = merged.get("USER_ID_FIELD", "user_id")
+                columns["user"] = [*dict.fromkeys([uid, *columns.get("user", []), label])]
         if protocol == "libfm" and model not in RAW_SCORE_MODELS \
                 and "MSE" not in getattr(model_class, "config_choices", {}).get("loss_type", ()):
             raise ValueError(f"protocol libfm: {model} cannot regress ±1 labels; use IFM, INN, DeepIFM or one of "
@@ -169,11 +174,14 @@ def _wrap_config() -> None:
 
 def build_model(config, dataset):
     """A fresh model of ``config["model"]`` on ``dataset``, as RecBole builds it; RecBole's CTR models regress
-    ±1 labels on their raw score under ``loss_type: MSE`` (protocol libfm). Every entry point builds through here."""
+    ±1 labels on their raw score under ``loss_type: MSE`` (protocol libfm); under ``task: user_classification`` a
+    model without a user head gets one (:mod:`recbole_ext.model.user_task`). Every entry point builds through here."""
     from recbole.utils import get_model
 
+    from recbole_ext.model.user_task import for_user_task
+
     model = get_model(config["model"])(config, dataset).to(config["device"])
-    return regress_raw_score(model) if needs_regression(config) else model
+    return regress_raw_score(model) if needs_regression(config) else for_user_task(config, dataset, model)
 
 
 def builtin_models() -> list[str]:

@@ -33,7 +33,7 @@ RANGES = {
 # choices of the keys every model shares (properties/overall.yaml); a model's own live on its class
 CHOICES = {"stopping_rule": ("recbole", "rechorus"), "train_neg_exclude": ("positive", "history"),
            "sequential_loader": ("fast", "recbole"), "distributed_batch": ("global", "per_worker"),
-           "lr_scaling": ("none", "linear", "sqrt")}
+           "lr_scaling": ("none", "linear", "sqrt"), "task": ("next_item", "user_classification")}
 # keys RecBole reads or sets without a YAML default
 RECBOLE_RUNTIME = {"gpu_id", "device", "local_rank", "nproc", "world_size", "offset", "ip", "port", "verbose",
                    "encoding", "single_spec", "eval_type", "MODEL_INPUT_TYPE", "valid_neg_sample_args",

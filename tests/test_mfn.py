@@ -132,7 +132,7 @@ def test_both_tasks_run_through_run_recbole(synthetic, tmp_path):
                                                                     "label": label})
         assert {"classauc", "accuracy", "f1"} <= set(user["test_result"])
     config, net, train, valid, test = build(synthetic, tmp_path, task="user_classification", label="age", epochs=4)
-    assert net.head.out_features == 5 and [len(d.dataset) for d in (train, valid, test)] == [160, 20, 20]
+    assert net.user_head.out_features == 5 and [len(d.dataset) for d in (train, valid, test)] == [160, 20, 20]
     users = [set(d.dataset.inter_feat["user_id"].tolist()) for d in (train, valid, test)]
     assert not (users[0] & users[1] or users[0] & users[2] or users[1] & users[2])  # one row per user, disjoint
     trainer = resolve_trainer(config)(config, net)

@@ -183,6 +183,10 @@ def split_by_token(tokens: np.ndarray, seed: int, ratios: list[float]) -> tuple[
     return tuple(order[part] for part in split_users(np.arange(len(tokens)), seed, ratios))
 
 
+USER_TASK_REFUSAL = ("task user_classification: RecBole's own Trainer would train {model}'s own objective on the user "
+                     "rows; run it with run_recbole_ext.py or recbole_ext.run(), which put a head on its user vector")
+
+
 def user_task_build(dataset) -> list:
     """[train, valid, test] of the user-level task from a loaded ``SequentialDataset``: each user's last
     augmented row (its micro history up to its last event, whose time is the row's observation cutoff), users

@@ -28,6 +28,8 @@ from recbole.utils import ModelType
 
 from recbole_ext.data import ctr
 from recbole_ext.data.comirec import ComiRecEvalDataLoader, comirec_build, comirec_filter
+from recbole_ext.data.guard import NeedsPluginTrainer, guarded
+from recbole_ext.data.mfn import USER_TASK_REFUSAL
 from recbole_ext.model.context_aware.regression import RegressionTrainLoader, needs_regression
 
 CANDIDATES = "candidates"
@@ -145,13 +147,14 @@ class FixedNegatives:
         self.negatives = torch.as_tensor(negatives, dtype=torch.long)
 
 
-class FixedNegEvalDataLoader(FullSortEvalDataLoader):
+class FixedNegEvalDataLoader(NeedsPluginTrainer, FullSortEvalDataLoader):
     """RecBole's sequential full-sort loader plus a ``candidates`` field [B, 1+N] (column 0 = target).
 
     ``positive_i`` is 0: after the trainer gathers the candidate columns, the target sits in column 0.
     """
 
-    trainer_ready = False  # set by the plugin trainer mixin; RecBole's plain Trainer would rank all items
+    refusal = ("eval_protocol=fixed_negatives needs a recbole_ext trainer (RecBole's plain Trainer would rank all items): "
+               "use recbole_ext.run() or run_recbole_ext.py (RecBole's run_recbole supports it for recbole_ext models only)")
 
     def __init__(self, config, dataset, sampler, shuffle=False):
         if not isinstance(sampler, FixedNegatives):
@@ -159,10 +162,6 @@ class FixedNegEvalDataLoader(FullSortEvalDataLoader):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
 
     def collate_fn(self, index):
-        if not self.trainer_ready:
-            raise RuntimeError(
-                "eval_protocol=fixed_negatives needs a recbole_ext trainer: use recbole_ext.run() or "
-                "run_recbole_ext.py (RecBole's run_recbole supports it for recbole_ext models only)")
         interaction, _, positive_u, _ = super().collate_fn(index)
         negatives = self._sampler.negatives[torch.as_tensor(index)]
         candidates = torch.cat([interaction[self.iid_field].unsqueeze(1), negatives], dim=1)
@@ -215,7 +214,8 @@ def install_hooks() -> None:
         if phase == "train" and config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
             from recbole_ext.data.sequential import train_loader_class
 
-            return train_loader_class(config) or get_dataloader(config, phase)
+            loader = train_loader_class(config) or get_dataloader(config, phase)
+            return guarded(loader, USER_TASK_REFUSAL) if config["task"] == "user_classification" else loader
         return get_dataloader(config, phase)
 
     create_samplers_hook._recbole_ext = get_dataloader_hook._recbole_ext = True

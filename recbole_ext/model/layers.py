@@ -297,3 +297,29 @@ class FastDropout(nn.Dropout):
         draws = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 7) // 8,), dtype=torch.int64)
         keep = draws.view(torch.uint8)[:x.numel()].view_as(x) >= cut
         return x * keep.to(x.dtype).mul_(256 / (256 - cut))
+
+
+class UserHead(nn.Linear):
+    """The head of the user-level task (``task: user_classification``; specs/mfn.md §2.6): a user vector -> the
+    user field ``label`` of the row. Two label values: one logit, sigmoid and BCE; more: a softmax over the classes
+    (values 0 .. C-1) and CE. The class count is read from the dataset's user table. [B, d] -> logits [B, 1 | C]"""
+
+    def __init__(self, dataset, label: str | None, d: int):
+        fields = [f for f in dataset.user_feat.columns if f != dataset.uid_field] if dataset.user_feat is not None else []
+        if label not in fields:
+            raise ValueError(f"label: {label!r} is not a user field of {dataset.dataset_name} (its user fields: "
+                             f"{', '.join(fields) or 'none'}); pass --label=FIELD")
+        n_classes = int(dataset.user_feat[label][1:].max().item()) + 1  # row 0: the padding user
+        super().__init__(d, 1 if n_classes <= 2 else n_classes)
+        self.label = label
+
+    def loss(self, user: torch.Tensor, interaction) -> torch.Tensor:
+        labels = interaction[self.label]
+        if self.out_features == 1:
+            return F.binary_cross_entropy_with_logits(self(user).squeeze(-1), labels.float())
+        return F.cross_entropy(self(user), labels.long())
+
+    def probabilities(self, user: torch.Tensor) -> torch.Tensor:
+        """P(label = 1) [B], or class probabilities [B, C]."""
+        logits = self(user)
+        return torch.sigmoid(logits.squeeze(-1)) if self.out_features == 1 else torch.softmax(logits, -1)

@@ -45,12 +45,12 @@ from recbole.utils import get_trainer
 
 from recbole_ext import cpu, distributed
 from recbole_ext.data.comirec import TARGETS
-from recbole_ext.data.protocol import CANDIDATES, FixedNegEvalDataLoader
+from recbole_ext.data.guard import NeedsPluginTrainer
+from recbole_ext.data.protocol import CANDIDATES
 from recbole_ext.evaluation.comirec import KEY as COMIREC_KEY
 from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.evaluation.ranking import rank_scores
 from recbole_ext.files import replace_file
-from recbole_ext.model.context_aware.regression import RegressionTrainLoader
 
 
 RESUME_SUFFIX = "-resume.pth"
@@ -149,7 +149,7 @@ class PluginTrainerMixin:
         return type(optimizer)(groups, **{**optimizer.defaults, "fused": True, "foreach": None})
 
     def evaluate(self, eval_data, *args, **kwargs):
-        if isinstance(eval_data, FixedNegEvalDataLoader):
+        if isinstance(eval_data, NeedsPluginTrainer):
             eval_data.trainer_ready = True
         if COMIREC_KEY in self.eval_collector.data_struct:  # RecBole's Collector keeps unknown keys across calls
             del self.eval_collector.data_struct[COMIREC_KEY]
@@ -180,7 +180,10 @@ class PluginTrainerMixin:
         after saving an improved checkpoint, so the best model is kept whatever rule stops the run."""
         started, budget = perf_counter(), self.config["time_budget"]
         self._fit_data, self._saving = (train_data, valid_data), saved
-        if isinstance(train_data, RegressionTrainLoader):  # refuses RecBole's plain Trainer; our models regress
+        if self.config["task"] == "user_classification" and not hasattr(self.model, "user_head"):
+            raise ValueError(f"task user_classification: {self.config['model']} was built without a user head; "
+                             "run it with run_recbole_ext.py or recbole_ext.run(), which add one")
+        if isinstance(train_data, NeedsPluginTrainer):  # data RecBole's plain Trainer would consume wrongly
             train_data.trainer_ready = True
         if self.resuming and os.path.isfile(self.resume_file) and self._load_resume(train_data):
             return self.best_valid_score, self.best_valid_result  # this stage had finished
@@ -316,8 +319,14 @@ def default_trainer(model_class: type) -> type:
     return type(f"{model_class.__name__}Trainer", (PluginTrainerMixin, Trainer), {"__module__": __name__})
 
 
+class UserTaskTrainer(PluginTrainerMixin, Trainer):
+    """``task: user_classification``, any model: one stage, the user head and the model trained together."""
+
+
 def resolve_trainer(config) -> type:
     """The trainer RecBole would pick for the config's model, with the mixin added if it lacks it."""
+    if config["task"] == "user_classification":
+        return UserTaskTrainer
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])
     if issubclass(trainer, PluginTrainerMixin):
         return trainer

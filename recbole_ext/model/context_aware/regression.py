@@ -18,6 +18,8 @@ from __future__ import annotations
 from recbole.data.dataloader import TrainDataLoader
 from torch import nn
 
+from recbole_ext.data.guard import NeedsPluginTrainer
+
 RAW_SCORE_MODELS = frozenset({"AFM", "AutoInt", "DCN", "DeepFM", "DSSM", "EulerNet", "FFM", "FiGNN", "FM", "FNN",
                               "FwFM", "LR", "NFM", "PNN", "WideDeep", "xDeepFM"})
 
@@ -34,13 +36,8 @@ def regress_raw_score(model: nn.Module) -> nn.Module:
     return model
 
 
-class RegressionTrainLoader(TrainDataLoader):
-    """RecBole's TrainDataLoader, refusing RecBole's plain Trainer (``trainer_ready`` is set by the plugin mixin)."""
+class RegressionTrainLoader(NeedsPluginTrainer, TrainDataLoader):
+    """RecBole's TrainDataLoader, refusing RecBole's plain Trainer."""
 
-    trainer_ready = False
-
-    def __iter__(self):
-        if not self.trainer_ready:
-            raise RuntimeError(f"protocol libfm: RecBole's own Trainer would train {self.config['model']} with BCE on "
-                               "±1 labels; run it with recbole_ext.run() or run_recbole_ext.py")
-        return super().__iter__()
+    refusal = ("protocol libfm: RecBole's own Trainer would train {model} with BCE on ±1 labels; run it with "
+               "recbole_ext.run() or run_recbole_ext.py")

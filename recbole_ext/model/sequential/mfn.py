@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_ext.model.layers import FastDropout, Table
+from recbole_ext.model.layers import FastDropout, Table, UserHead
 
 
 def category_means(embedded: torch.Tensor, categories: torch.Tensor, n_categories: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,11 +123,8 @@ class MFN(SequentialRecommender):
                                   nn.AdaptiveMaxPool2d(pool), nn.Flatten(), nn.Linear(filters * pool * pool, d))
         self.gate = nn.Linear(3 * d, 3 * d)
         self.mim_critic = nn.Parameter(torch.empty(d, d))
-        self.label = config["label"]
         if self.task == "user_classification":
-            values = dataset.user_feat[self.label][1:]  # row 0: padding user
-            self.n_classes = int(values.max().item()) + 1
-            self.head = nn.Linear(d, 1 if self.n_classes <= 2 else self.n_classes)
+            self.user_head = UserHead(dataset, config["label"], d)
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -188,10 +185,8 @@ class MFN(SequentialRecommender):
         u, u_g, u_l = self.forward(interaction)
         if self.task == "next_item":
             task = F.cross_entropy(u @ self.item_embedding.weight.T, interaction[self.ITEM_ID])
-        elif self.head.out_features == 1:
-            task = F.binary_cross_entropy_with_logits(self.head(u).squeeze(-1), interaction[self.label].float())
         else:
-            task = F.cross_entropy(self.head(u), interaction[self.label].long())
+            task = self.user_head.loss(u, interaction)
         if not self.mim_weight:
             return task
         return task, self.mim_weight * self.mim_loss(u_g, u_l)
@@ -201,8 +196,7 @@ class MFN(SequentialRecommender):
         u = self.forward(interaction)[0]
         if self.task == "next_item":
             return (u * self.item_embedding(interaction[self.ITEM_ID])).sum(-1)
-        logits = self.head(u)
-        return torch.sigmoid(logits.squeeze(-1)) if logits.shape[-1] == 1 else torch.softmax(logits, -1)
+        return self.user_head.probabilities(u)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         return self.forward(interaction)[0] @ self.item_embedding.weight.T

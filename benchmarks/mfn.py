@@ -3,8 +3,10 @@ absent; ``--dataset ml-1m-mfn``: ml-1m users 1-2,999 as two views, ``--convert=m
 against RecBole's SASRec on the micro view for next-item recommendation.
 
 * User tasks (``task: user_classification``; one row per user, users 8:1:1 by ``user_split_seed``, the same users
-  for every run and for the oracle): MFN, macro only, micro only, no MIM, no gate; test ClassAUC, accuracy, F1 of the
-  best valid-AUC epoch. The oracle is a logistic regression on each view's category histogram + log length.
+  for every run and for the oracle): MFN, macro only, micro only, no MIM, no gate, and SASRec (RecBole's) and
+  ComiRec on the micro view through the generic user-task path (a head on their user vector); test ClassAUC,
+  accuracy, F1 of the best valid-AUC epoch. The oracle is a logistic regression on each view's category histogram
+  + log length.
 * Next item (leave-one-out, full ranking, HR/NDCG@5,10): MFN and SASRec (CE, 2 layers, 2 heads, the micro view
   only), same epochs.
 
@@ -32,10 +34,12 @@ from common import append_row, grid, mean_std_table, measured_run, parse, write_
 WIDTH = {"hidden_size": 64, "inner_size": 256}  # MFN.yaml's d 200 is ~10x the compute: hours per run on 2 cores
 VARIANTS = {"MFN": {}, "macro only": {"views": "macro"}, "micro only": {"views": "micro"},
             "no MIM": {"mim_weight": 0.0}, "no gate": {"gate": "off"}}
-SASREC = {**WIDTH, "n_layers": 2, "n_heads": 2, "loss_type": "CE",
-          "train_neg_sample_args": None, "MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 256,
-          "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "metrics": ["Hit", "NDCG"], "topk": [5, 10],
-          "valid_metric": "NDCG@10"}
+MICRO = {"MAX_ITEM_LIST_LENGTH": 50, "train_batch_size": 256, "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
+SASREC = {**WIDTH, **MICRO, "n_layers": 2, "n_heads": 2, "loss_type": "CE", "train_neg_sample_args": None,
+          "metrics": ["Hit", "NDCG"], "topk": [5, 10], "valid_metric": "NDCG@10"}
+# user tasks through the generic path (recbole_ext.model.user_task: a head on the model's user vector), micro view
+USER_BASELINES = {"SASRec": {**WIDTH, **MICRO, "n_layers": 2, "n_heads": 2},
+                  "ComiRec": {**MICRO, "embedding_size": WIDTH["hidden_size"]}}
 METRICS = ["classauc", "accuracy", "f1", "hit@5", "hit@10", "ndcg@5", "ndcg@10"]
 REFERENCE = """## Reference figures
 
@@ -69,7 +73,9 @@ def main() -> None:
                     help="ml-1m-mfn: ml-1m (users 1-2,999) as two views, converted from ../shared/data when absent")
     ap.add_argument("--tasks", nargs="+", default=["user_classification"], choices=["user_classification", "next_item"])
     ap.add_argument("--labels", nargs="+", default=["gender"], choices=["gender", "active", "age"])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--baselines", nargs="*", default=list(USER_BASELINES), choices=list(USER_BASELINES),
+                    help="user tasks: SASRec (RecBole's) and ComiRec on the micro view, a head on their user vector")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--max_epochs", type=int, default=20, help="the epoch budget of every run")
     parsed = parse(ap, "mfn", one_run, summarise)
@@ -93,6 +99,9 @@ def main() -> None:
             if task == "next_item":
                 runs["SASRec"] = ("SASRec", SASREC, {"variant": "SASRec (micro view)", "task": task, "label": label})
             else:
+                for name in args.baselines:
+                    runs[f"{label} {name}"] = (name, {**USER_BASELINES[name], **task_config},
+                                               {"variant": f"{name} (micro view)", "task": task, "label": label})
                 for view, auc in mfn_data.oracle(data_path, args.dataset, label).items():
                     row = {"dataset": args.dataset, "variant": f"oracle ({view})", "task": task, "label": label,
                            "seed": 0, "max_epochs": 0, "status": "ok", "test_classauc": auc}

@@ -65,8 +65,9 @@ def test_macro_events_at_or_after_the_row_time_never_reach_the_encoder(synthetic
     row = {"macro_app_seq": torch.tensor([[3, 4, 5, 6, 0]]), "macro_cate_seq": torch.tensor([[1, 2, 1, 2, 0]]),
            "macro_time_seq": torch.tensor([[1.0, 5.0, 9.0, 12.0, 0.0]]), "timestamp": torch.tensor([9.0])}
     apps, cates, length = net.macro_view(row)
-    assert apps.tolist() == [[3, 4, 0, 0, 0]] and cates.tolist() == [[1, 2, 0, 0, 0]] and length.tolist() == [2]
+    assert apps.tolist() == [[3, 4]] and cates.tolist() == [[1, 2]] and length.tolist() == [2]  # cut after it
     u, _ = net.macro(apps, length)
+    assert torch.allclose(u, net.macro(torch.tensor([[3, 4, 0, 0, 0]]), length)[0], atol=1e-6)  # the cut is exact
     changed = {**row, "macro_app_seq": torch.tensor([[3, 4, 9, 8, 0]])}  # the future apps differ
     assert torch.equal(u, net.macro(*net.macro_view(changed)[::2])[0])
     empty = {**row, "timestamp": torch.tensor([0.5])}

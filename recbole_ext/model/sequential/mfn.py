@@ -141,11 +141,15 @@ class MFN(SequentialRecommender):
             nn.init.normal_(self.affinity, 0.0, 0.02), nn.init.normal_(self.mim_critic, 0.0, 0.02)
 
     def macro_view(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The macro sequence with events at or after the row's time masked (they are at the tail: time order).
+        """The macro sequence with events at or after the row's time masked (they are at the tail: time order), cut
+        to the batch's longest visible prefix: the columns after it are padding in every row (the field is padded to
+        the longest user's whole sequence, e.g. 200 apps against ~25 visible: most of a next-item step's encoder work).
         -> (apps [B, Lg], categories [B, Lg], lengths [B])"""
         apps = interaction[self.app_field]
         visible = (apps > 0) & (interaction[self.app_time_field] < interaction[self.time_field].unsqueeze(-1))
-        return apps * visible, interaction[self.app_cate_field] * visible, visible.sum(1)
+        lengths = visible.sum(1)
+        width = max(int(lengths.max()), 1) if len(lengths) else 1
+        return (apps * visible)[:, :width], (interaction[self.app_cate_field] * visible)[:, :width], lengths
 
     def forward(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (u, u_g, u_l), each [B, d]"""

@@ -10,7 +10,7 @@ Each run is a fresh subprocess through ``recbole_ext.run``; it also times 20 tra
 (``s/epoch_1thread``, scaled to the epoch's batch count). Writes ``docs/results/re4.csv`` (one row per run, added to
 earlier ones), ``docs/results/re4.md`` (mean ± std over seeds) and ``docs/results/re4_curves.png``.
 
-    python benchmarks/re4.py --datasets ml-1m-half --variants ComiRec-SA Re4 --seeds 0 1 2 --max_epochs 3
+    python benchmarks/re4.py --datasets ml-1m-half --variants ComiRec-SA Re4 --seeds 0 1 2 --max_epochs 6
     python benchmarks/re4.py --datasets ml-100k --max_epochs 3
 """
 

@@ -160,7 +160,7 @@ def _wrap_config() -> None:
             columns = given.get("load_col")
             if isinstance(columns, dict) and label and label not in columns.get("user", []):  # load the label too
                 uid = merged.get("USER_ID_FIELD", "user_id")
-                columns["user"] = [*dict.fromkeys([uid, *columns.get("user", []), label])]
+                given["load_col"] = {**columns, "user": [*dict.fromkeys([uid, *columns.get("user", []), label])]}
         if protocol == "libfm" and model not in RAW_SCORE_MODELS \
                 and "MSE" not in getattr(model_class, "config_choices", {}).get("loss_type", ()):
             raise ValueError(f"protocol libfm: {model} cannot regress ±1 labels; use IFM, INN, DeepIFM or one of "

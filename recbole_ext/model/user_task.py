@@ -48,15 +48,14 @@ class UserClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.type, self.ITEM_SEQ, self.ITEM_SEQ_LEN = encoder.type, encoder.ITEM_SEQ, encoder.ITEM_SEQ_LEN
-        self.device = encoder.device
         history = torch.zeros(1, encoder.max_seq_length, dtype=torch.long)
         history[0, 0] = 1  # one user who saw item 1: the vector's width is all the probe asks
-        probe = Interaction({self.ITEM_SEQ: history, self.ITEM_SEQ_LEN: torch.ones(1, dtype=torch.long)}).to(self.device)
+        probe = Interaction({self.ITEM_SEQ: history, self.ITEM_SEQ_LEN: torch.ones(1, dtype=torch.long)}).to(encoder.device)
         training = encoder.training
         with torch.no_grad():  # in eval mode: no dropout draw moves the random stream
             width = user_vector(encoder.eval(), probe).size(-1)
         encoder.train(training)
-        self.user_head = UserHead(dataset, config["label"], width).to(self.device)
+        self.user_head = UserHead(dataset, config["label"], width).to(encoder.device)
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         return self.user_head.loss(user_vector(self.encoder, interaction), interaction)

@@ -1,28 +1,30 @@
-"""``run_recbole_ext.py``: RecBole's ``run_recbole.py`` flags plus dataset conversion, listing, resume, and using a
-trained model.
+"""``recbole-ext`` / ``run_recbole_ext.py``: RecBole's ``run_recbole.py`` flags plus dataset conversion, listing,
+resume, sweeps, distributed training and using a trained model.
 
-    python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
-    python run_recbole_ext.py --resume=saved/TiMiRec-....pth            (continue an interrupted run)
-    python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --distributed=2 [--ray_address=auto --use_gpu]
-    python run_recbole_ext.py recommend --checkpoint=PATH --users=u1,u2 | --users_file=F [--k=10 --exclude_history]
-    python run_recbole_ext.py export --checkpoint=PATH --what=items|users|interests --format=npy|parquet|csv --output=F
-    python run_recbole_ext.py --convert=ml-1m|rechorus|comirec|libfm|mfn-ml1m --src=PATH [--dataset=NAME] [--data_path=dataset/]
-    python run_recbole_ext.py --list
-    python run_recbole_ext.py --model=TiMiRec --dataset=ml-100k --tune=space.yaml [--num_samples=N --scheduler=asha ...]
+    train       recbole-ext --model=ComiRec --dataset=ml-100k [--protocol=rechorus] [--config_files="a.yaml"] [--key=value ...]
+    resume      recbole-ext --resume=saved/ComiRec-....pth
+    sweep       recbole-ext --model=ComiRec --dataset=ml-100k --tune=space.yaml [--num_samples=N --scheduler=asha]
+    distributed recbole-ext --model=ComiRec --dataset=ml-100k --distributed=2 [--ray_address=auto --use_gpu]
+    recommend   recbole-ext recommend --checkpoint=PATH --users=u1,u2 | --users_file=F [--k=10 --exclude_history]
+    export      recbole-ext export --checkpoint=PATH --what=items|users|interests --format=npy|parquet|csv --output=F
+    convert     recbole-ext --convert=ml-1m|rechorus|comirec|libfm|mfn-ml1m --src=PATH [--dataset=NAME]
+    list        recbole-ext --list                 (models, protocols, local datasets)
+    model keys  recbole-ext --model=ComiRec --help (every key of the model, its default and meaning)
 
 Any other ``--key=value`` is a RecBole config key (highest priority, typed as Python literals: ``--topk=[5,10]``).
-It must be written ``--key=value``; a bare word, ``--key value``, or a key given twice with two values is an error,
-and so is a key no YAML knows (see :mod:`recbole_ext.validation`). Every error is one line on stderr, exit code 2.
+It must be written ``--key=value``; a bare word, ``--key value``, a key given twice with two values, or a key no YAML
+knows is an error. Every error is one line on stderr and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL, DEFAULT_DATASET = "TiMiRec", "ml-100k"
+DEFAULT_MODEL, DEFAULT_DATASET = "TiMiRec", "ml-100k"  # as RecBole's run_recbole.py, when flags but no model are given
 
 
 class UsageError(ValueError):
@@ -35,10 +37,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="run_recbole_ext.py", description=__doc__, allow_abbrev=False,
+    p = _Parser(prog=Path(sys.argv[0]).name or "recbole-ext", description=__doc__, allow_abbrev=False,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", "-m", default=None, help=f"model name (default {DEFAULT_MODEL})")
-    p.add_argument("--dataset", "-d", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
+    p.add_argument("--model", "-m", default=None, help=f"model name (recbole-ext --list; default {DEFAULT_MODEL}); "
+                                                        "with --help: its config keys")
+    p.add_argument("--dataset", "-d", default=None, help=f"an atomic-file folder in --data_path, or a dataset RecBole "
+                                                          f"downloads (default {DEFAULT_DATASET})")
     p.add_argument("--config_files", default=None, help="space-separated YAML files")
     p.add_argument("--list", action="store_true", help="list plugin and RecBole models, protocols, local datasets")
     p.add_argument("--convert", choices=["ml-1m", "rechorus", "comirec", "libfm", "mfn-ml1m"],
@@ -49,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--src", help="folder with the raw files for --convert")
     p.add_argument("--data_path", default=None, help="where atomic datasets live (RecBole's data_path, default dataset/)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue the interrupted run that saved CHECKPOINT")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     d = p.add_argument_group("Ray Train data-parallel training (--distributed)")
     d.add_argument("--distributed", type=int, metavar="N", help="train with N Ray Train workers (DDP; gloo on CPU)")
     d.add_argument("--use_gpu", action="store_true", help="one GPU per worker (nccl)")
@@ -78,7 +83,10 @@ def _list(data_path: str) -> None:
     from recbole_ext.quick_start import downloadable
 
     print(f"datasets      : ml-100k (bundled with RecBole); in {data_path}/: {', '.join(local) or 'none'}")
-    print(f"downloadable  : {', '.join(downloadable())} (RecBole fetches them on first use)")
+    names = downloadable()
+    print(f"downloadable  : {len(names)} RecBole datasets, fetched on first use (e.g. ml-1m, ml-20m, yelp, "
+          f"amazon-books; all of them: python -c \"from recbole_ext.quick_start import downloadable; "
+          f"print(*downloadable())\")")
 
 
 def literal(value: str):
@@ -125,7 +133,7 @@ SUBCOMMANDS = ("recommend", "export")
 
 
 def _use_parser(command: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=f"run_recbole_ext.py {command}", allow_abbrev=False,
+    p = _Parser(prog=f"{Path(sys.argv[0]).name or 'recbole-ext'} {command}", allow_abbrev=False,
                 description="top-k items per user" if command == "recommend" else "embeddings with their raw ids")
     p.add_argument("--checkpoint", required=True, help="a .pth file saved by a training run")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
@@ -177,60 +185,65 @@ def _use(command: str, argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv and argv[0] in SUBCOMMANDS:
-            return _use(argv[0], argv[1:])
-        args, rest = _parser().parse_known_args(argv)
-        fixed = overrides(rest)
-        if args.list:
-            _list(args.data_path or "dataset")
-            return 0
-        if args.convert:
-            from recbole_ext.data.convert import CONVERTERS
+def _model_help(argv: list[str]) -> str | None:
+    """``--model=X --help``: the model's keys, defaults and meanings (None when no model is named)."""
+    for i, arg in enumerate(argv):
+        name = arg.partition("=")[2] if arg.startswith(("--model=", "-m=")) else \
+            argv[i + 1] if arg in ("--model", "-m") and i + 1 < len(argv) else None
+        if name:
+            from recbole_ext.keydoc import keys_text
 
-            if not args.src:
-                raise ValueError("--convert needs --src=FOLDER with the raw files")
-            default_name = {"ml-1m": "ml-1m", "mfn-ml1m": "ml-1m-mfn"}.get(args.convert, Path(args.src).name)
-            extra = {}
-            if args.convert == "libfm":
-                from recbole_ext.data.convert import read_field_map
+            return keys_text(name)
+    return None
 
-                extra["fields"] = args.fields.split(",") if args.fields else None
-                extra["field_map"] = read_field_map(args.field_map) if args.field_map else None
-            out = CONVERTERS[args.convert](args.src, args.data_path or "dataset", args.dataset or default_name, **extra)
-            protocol = {"comirec": " --protocol=comirec", "libfm": " --protocol=libfm"}.get(args.convert, "")
-            print(f"wrote {out}/ ; train with: python run_recbole_ext.py --model=MODEL --dataset={out.name}{protocol}")
-            return 0
-        import recbole_ext
 
-        sys.argv = sys.argv[:1]  # RecBole's Config would parse sys.argv again: the flags arrive as config_dict
-        if args.data_path:
-            fixed["data_path"] = args.data_path
-        files = args.config_files.split() if args.config_files else None
-        if args.resume:
-            if args.distributed or args.tune:
-                raise UsageError("--resume continues a single-process run; drop --distributed / --tune")
-            if files:
-                raise UsageError("--resume continues with the configuration saved in the checkpoint; drop --config_files")
-            result = recbole_ext.run(args.model, args.dataset, config_dict=fixed, resume=args.resume)
-        else:
-            args.model, args.dataset = args.model or DEFAULT_MODEL, args.dataset or DEFAULT_DATASET
-            if args.tune:
-                return _sweep(args, args.dataset, files, fixed)
-            if args.distributed:
-                from recbole_ext.distributed import run_distributed
+def _convert(args: argparse.Namespace) -> int:
+    from recbole_ext.data.convert import CONVERTERS
 
-                result = run_distributed(args.model, args.dataset, files, fixed, workers=args.distributed,
-                                         use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
-                                         ray_address=args.ray_address, storage_path=args.storage_path)
-                print(f"\n{args.distributed} workers, {result['samples_per_s_per_worker']:.0f} training rows/s per worker")
-            else:
-                result = recbole_ext.run(args.model, args.dataset, config_file_list=files, config_dict=fixed)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}", file=sys.stderr)
-        return 2
+    if not args.src:
+        raise ValueError("--convert needs --src=FOLDER with the raw files")
+    default_name = {"ml-1m": "ml-1m", "mfn-ml1m": "ml-1m-mfn"}.get(args.convert, Path(args.src).name)
+    extra = {}
+    if args.convert == "libfm":
+        from recbole_ext.data.convert import read_field_map
+
+        extra["fields"] = args.fields.split(",") if args.fields else None
+        extra["field_map"] = read_field_map(args.field_map) if args.field_map else None
+    out = CONVERTERS[args.convert](args.src, args.data_path or "dataset", args.dataset or default_name, **extra)
+    protocol = {"comirec": " --protocol=comirec", "libfm": " --protocol=libfm"}.get(args.convert, "")
+    print(f"wrote {out}/ ; train with: recbole-ext --model=MODEL --dataset={out.name}{protocol}")
+    return 0
+
+
+def _train(args: argparse.Namespace, fixed: dict) -> int:
+    """A training run: resumed, swept, distributed or plain."""
+    import recbole_ext
+
+    sys.argv = sys.argv[:1]  # RecBole's Config would parse sys.argv again: the flags arrive as config_dict
+    if args.data_path:
+        fixed["data_path"] = args.data_path
+    files = args.config_files.split() if args.config_files else None
+    if args.resume:
+        if args.distributed or args.tune:
+            raise UsageError("--resume continues a single-process run; drop --distributed / --tune")
+        if files:
+            raise UsageError("--resume continues with the configuration saved in the checkpoint; drop --config_files")
+        return _report(recbole_ext.run(args.model, args.dataset, config_dict=fixed, resume=args.resume))
+    args.model, args.dataset = args.model or DEFAULT_MODEL, args.dataset or DEFAULT_DATASET
+    if args.tune:
+        return _sweep(args, args.dataset, files, fixed)
+    if args.distributed:
+        from recbole_ext.distributed import run_distributed
+
+        result = run_distributed(args.model, args.dataset, files, fixed, workers=args.distributed,
+                                 use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
+                                 ray_address=args.ray_address, storage_path=args.storage_path)
+        print(f"\n{args.distributed} workers, {result['samples_per_s_per_worker']:.0f} training rows/s per worker")
+        return _report(result)
+    return _report(recbole_ext.run(args.model, args.dataset, config_file_list=files, config_dict=fixed))
+
+
+def _report(result: dict) -> int:
     print(f"\n{result['model']} on {result['dataset']}: {result['epochs']} epochs, "
           f"best valid {result['best_valid_score']:.4f}")
     print("test:", "  ".join(f"{k} {float(v):.4f}" for k, v in result["test_result"].items()))
@@ -239,3 +252,48 @@ def main(argv: list[str] | None = None) -> int:
               "  ".join(f"{k} {float(v):.4f}" for k, v in result["pretrain_test_result"].items()))
     print(f"checkpoint: {result['checkpoint']}")
     return 0
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv:
+        _parser().print_help()
+        return 0
+    if argv[0] in SUBCOMMANDS:
+        return _use(argv[0], argv[1:])
+    if {"-h", "--help"} & set(argv):
+        text = _model_help(argv)
+        if text is not None:
+            print(text)
+            return 0
+    args, rest = _parser().parse_known_args(argv)
+    fixed = overrides(rest)
+    if args.list:
+        _list(args.data_path or "dataset")
+        return 0
+    if args.convert:
+        return _convert(args)
+    return _train(args, fixed)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's first line; an unexpected kind (KeyError, OSError, ...) is named, with the --debug hint."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError)):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text} (run again with --debug for the traceback)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        return _dispatch(argv)
+    except BrokenPipeError:  # the output went to a pipe closed early (| head): not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except (Exception, KeyboardInterrupt) as exc:
+        if debug:
+            raise
+        print(f"error: {_one_line(exc) if not isinstance(exc, KeyboardInterrupt) else 'interrupted'}", file=sys.stderr)
+        return 2 if not isinstance(exc, KeyboardInterrupt) else 130

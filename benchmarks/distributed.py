@@ -1,6 +1,6 @@
 """Ray Train data parallelism against one process: same metrics, and what the workers cost.
 
-    python benchmarks/distributed.py [--data_path=/tmp/bench/dataset] [--epochs=2]
+    python benchmarks/distributed.py [--data_path=/tmp/bench/dataset] [--src=RAW_DATA] [--epochs=2]
 
 On ml-1m (users 1–2,999): TiMiRec (both stages, ReChorus protocol) and IFM (CTR protocol), each as one plain process
 (``recbole_ext.run``, 2 torch threads), one Ray Train worker (2 threads) and two workers (1 thread each), the same
@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ensure_ml1m_half, table_page  # noqa: E402
+from common import add_src, ensure_ml1m_half, save_png, table_page  # noqa: E402
 
 MODELS = {  # label -> (model, protocol, overrides, the test metric shown)
     "TiMiRec (both stages)": ("TiMiRec", "rechorus", {"stage": "both"}, "ndcg@5"),
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = Path(__file__).resolve().parents[1]
     ap.add_argument("--data_path", default=str(root / "dataset"))
+    add_src(ap)
     ap.add_argument("--out", default=str(root / "docs" / "results"))
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
     import recbole_ext
     from recbole_ext.distributed import run_distributed
 
-    ensure_ml1m_half(args.data_path)
+    ensure_ml1m_half(args.data_path, args.src)
     out = Path(args.out)
     storage = Path(tempfile.mkdtemp(prefix="recbole_ext_dist_"))
     rows = []
@@ -83,7 +84,7 @@ def main() -> None:
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "distributed.png", dpi=120)
+    save_png(fig, out / "distributed.png")
     print(frame.to_string(index=False))
 
 

@@ -39,7 +39,7 @@ MODELS = {
 COMMON = {"embedding_size": 16, "train_batch_size": 4096}
 REFERENCE = """## Reference figures
 
-The IFM paper's tables could not be obtained (specs/ifm.md §6) and its datasets (frappe, ml-tag) are ±1 regression,
+The IFM paper's tables could not be obtained and its datasets (frappe, ml-tag) are ±1 regression,
 not this CTR task, so no published figure sits beside these rows; the paper's claim is the ordering IFM > AFM > FM."""
 
 
@@ -126,7 +126,8 @@ def ctr_main(script: str, name: str, doc: str, models: dict[str, dict], base: di
     if parsed is None:
         return
     args, data_path, out, csv = parsed
-    ensure_ml1m_half(data_path)
+    if args.dataset == "ml-1m-half" or args.protocol == "libfm":
+        ensure_ml1m_half(data_path, args.src)
     if args.protocol == "libfm":
         write_libfm(data_path)
     runs = {tag: (tag.split()[0], {**base, **models[tag]},

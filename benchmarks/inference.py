@@ -1,7 +1,7 @@
 """Using trained models on an ml-1m-sized catalogue: how long a checkpoint takes to load, to answer 1,000 users'
 top-10 (history excluded) and to export its embeddings, on CPU.
 
-    python benchmarks/inference.py [--data_path=/tmp/bench/dataset] [--users=1000] [--threads=2]
+    python benchmarks/inference.py [--data_path=/tmp/bench/dataset] [--src=RAW_DATA] [--users=1000] [--threads=2]
 
 Each model is trained for one epoch on ml-1m (users 1–2,999: 3,706 items of which 3,670 appear) first; the
 numbers are about serving, not quality. Writes ``docs/results/inference.{csv,md,png}``.
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ensure_ml1m_half, table_page  # noqa: E402
+from common import add_src, ensure_ml1m_half, save_png, table_page  # noqa: E402
 
 RUNS = {  # label -> (model, protocol, config overrides, what to export)
     "ComiRec (K 4)": ("ComiRec", "rechorus", {}, "interests"),
@@ -33,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     root = Path(__file__).resolve().parents[1]
     ap.add_argument("--data_path", default=str(root / "dataset"))
+    add_src(ap)
     ap.add_argument("--out", default=str(root / "docs" / "results"))
     ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
@@ -43,7 +44,7 @@ def main() -> None:
     from recbole_ext.inference import TrainedModel, write_embeddings
 
     torch.set_num_threads(args.threads)
-    ensure_ml1m_half(args.data_path)
+    ensure_ml1m_half(args.data_path, args.src)
     out = Path(args.out)
     rows = []
     for label, (model, protocol, extra, what) in RUNS.items():
@@ -83,7 +84,7 @@ def main() -> None:
     ax.set_xlabel(f"seconds for {args.users} users, {args.threads} threads")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "inference.png", dpi=120)
+    save_png(fig, out / "inference.png")
     print(frame.to_string(index=False))
 
 

@@ -36,10 +36,10 @@ MODELS = {
 REFERENCE = """## Reference figures
 
 MARIF's reference README (full ML-1M, 130 epochs, the best epoch picked **on test**, separately for AUC and for
-LogLoss; specs/marif.md §1.5, §3.4), test AUC / LogLoss: MARIF 0.8961 / 0.3158; AutoInt 0.8878 / 0.3556; FiBiNet
+LogLoss), test AUC / LogLoss: MARIF 0.8961 / 0.3158; AutoInt 0.8878 / 0.3556; FiBiNet
 0.8873 / 0.3328; DeepFM 0.8854 / 0.4544; NFM 0.8843 / 0.3348; WideDeep 0.8459 / 0.3348. The rows above use half the
 users, select on valid and train far fewer epochs, so they are lower. The reference code needs about 290 s per epoch
-and 8.1 GiB peak RSS on one CPU thread for ml-1m (users 1-2,999) under this split (282 batches of 1,024; issue 20),
+and 8.1 GiB peak RSS on one CPU thread for ml-1m (users 1-2,999) under this split (282 batches of 1,024),
 the figures `s/epoch_1thread` and `peak_rss_mb` compare with."""
 
 

@@ -1,4 +1,4 @@
-"""MFN benchmark on the synthetic two-view set (``mfn-synthetic``, the spec's calibration size, generated when
+"""MFN benchmark on the synthetic two-view set (``mfn-synthetic``, the generator's calibration size, generated when
 absent; ``--dataset ml-1m-mfn``: ml-1m users 1-2,999 as two views, ``--convert=mfn-ml1m``): MFN against its ablations on the user-level tasks, beside the generator's logistic-regression oracle, and
 against RecBole's SASRec on the micro view for next-item recommendation.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import append_row, grid, mean_std_table, measured_run, parse, write_page
+from common import append_row, grid, mean_std_table, measured_run, parse, raw_data, write_page
 
 WIDTH = {"hidden_size": 64, "inner_size": 256}  # MFN.yaml's d 200 is ~10x the compute: hours per run on 2 cores
 VARIANTS = {"MFN": {}, "macro only": {"views": "macro"}, "micro only": {"views": "micro"},
@@ -43,8 +43,8 @@ USER_BASELINES = {"SASRec": {**WIDTH, **MICRO, "n_layers": 2, "n_heads": 2},
 METRICS = ["classauc", "accuracy", "f1", "hit@5", "hit@10", "ndcg@5", "ndcg@10"]
 REFERENCE = """## Reference figures
 
-The MFN paper's tables could not be obtained and its data are Tencent's own (specs/mfn.md §4): no published figure
-sits beside these rows. The spec's calibration of the generator (a logistic regression on per-view category
+The MFN paper's tables could not be obtained and its data are Tencent's own: no published figure
+sits beside these rows. The generator's calibration (a logistic regression on per-view category
 histograms, test AUC, gender: macro 0.67 / micro 0.76 / both 0.78; active: 0.70 / 0.73 / 0.79) was made with a
 throwaway prototype; the `oracle` rows are the same regression on this package's generator and split."""
 
@@ -70,7 +70,7 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="mfn-synthetic", choices=["mfn-synthetic", "ml-1m-mfn"],
-                    help="ml-1m-mfn: ml-1m (users 1-2,999) as two views, converted from ../shared/data when absent")
+                    help="ml-1m-mfn: ml-1m (users 1-2,999) as two views, converted from --src when absent")
     ap.add_argument("--tasks", nargs="+", default=["user_classification"], choices=["user_classification", "next_item"])
     ap.add_argument("--labels", nargs="+", default=["gender"], choices=["gender", "active", "age"])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
@@ -87,7 +87,7 @@ def main() -> None:
     if args.dataset == "ml-1m-mfn" and not (data_path / "ml-1m-mfn").is_dir():
         from recbole_ext.data.convert import convert_mfn_ml1m
 
-        convert_mfn_ml1m(Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m-first-half", data_path)
+        convert_mfn_ml1m(raw_data(args.src, "ml-1m-first-half"), data_path)
     mfn_data.ensure(data_path, args.dataset)
     for task in args.tasks:
         labels = args.labels if task == "user_classification" else ["-"]

@@ -1,10 +1,10 @@
 """Re4 benchmark: ComiRec-SA against Re4 and each of Re4's three terms alone, under the ComiRec protocol.
 
-ComiRec-SA here is Re4's own extractor with the three loss weights at 0, the baseline of the Re4 comparison
-(specs/re4.md gotcha 19); the terms alone keep one weight at its default. Every variant trains with the same
-seeds and epoch budget, selects its epoch on the valid users' Recall@50 and is tested there (the Re4 code selects on
-test; specs/re4.md gotcha 3). Datasets: ``ml-1m-half`` (ml-1m users 1-2,999 from ``../shared/data``) and ``ml-100k``
-(bundled with RecBole: a reproduction anyone can run).
+ComiRec-SA here is Re4's own extractor with the three loss weights at 0, the baseline of the Re4 comparison; the
+terms alone keep one weight at its default. Every variant trains with the same seeds and epoch budget, selects its
+epoch on the valid users' Recall@50 and is tested there (the Re4 code selects on test). Datasets: ``ml-1m-half``
+(ml-1m users 1-2,999, converted from ``--src``) and ``ml-100k`` (bundled with RecBole: a reproduction anyone can
+run).
 
 Each run is a fresh subprocess through ``recbole_ext.run``; it also times 20 training batches on one thread
 (``s/epoch_1thread``, scaled to the epoch's batch count). Writes ``docs/results/re4.csv`` (one row per run, added to
@@ -34,9 +34,9 @@ VARIANTS = {  # Re4.yaml defaults otherwise (the official code's: K 8, d 64, bat
 METRICS = [f"{m}@{k}" for k in (20, 50) for m in ("recall", "ndcg", "hit", "comirecndcg")]
 REFERENCE = """## Reference figures
 
-Re4's own result tables could not be obtained (specs/re4.md §4), and the official code runs only Amazon Book, so
+Re4's own result tables could not be obtained, and the official code runs only Amazon Book, so
 there is no published ml-1m figure to set beside these. The official code needs about 530 s per epoch on one CPU
-thread for ml-1m (users 1-2,999) under this split (378 batches of 1,024, 5,000 shared negatives; issue 18), the
+thread for ml-1m (users 1-2,999) under this split (378 batches of 1,024, 5,000 shared negatives), the
 figure `s/epoch_1thread` compares with."""
 
 
@@ -54,7 +54,7 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
     intro = ("Test metrics of the "
             f"valid users' best Recall@50 epoch, mean ± std over seeds; `recall`, `ndcg`, `hit` are RecBole's "
             f"formulas over each test user's 20 % of targets, `comirecndcg` is ComiRec's paper-branch NDCG (the one "
-            f"Re4 reports, specs/re4.md §3.4). `s/epoch_train`: measured over the run on all cores; "
+            f"Re4 reports). `s/epoch_train`: measured over the run on all cores; "
             f"`s/epoch_1thread`: 20 batches timed on one thread, scaled to the epoch.")
     return write_page(out, "re4", "Re4 benchmark (ComiRec protocol)", intro, table, REFERENCE, "valid_recall@50")
 
@@ -69,7 +69,8 @@ def main() -> None:
     if parsed is None:
         return
     args, data_path, out, csv = parsed
-    ensure_ml1m_half(data_path)
+    if "ml-1m-half" in args.datasets:
+        ensure_ml1m_half(data_path, args.src)
     runs = {variant: ("Re4", VARIANTS[variant], {}) for variant in args.variants}
     grid(__file__, "re4", args, data_path, out, csv, "comirec", runs, "variant", summarise, args.datasets)
 

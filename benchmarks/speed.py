@@ -10,8 +10,8 @@ Every measurement is a fresh subprocess (its own peak RSS). Per row:
   included), ``forward`` / ``backward`` / ``optimizer`` on the same batches pre-built (their sum is the
   **compute floor**), and ``recbole_data`` (one pass of RecBole's own TrainDataLoader, for comparison);
 * reference: train s/epoch and eval s from its log (median), its dev NDCG@5 per epoch, its peak RSS; it runs
-  from a temporary copy of ``../shared/reference/rechorus-cikm22`` (it writes models and logs beside its code)
-  when that folder is present, and the table says so when it is not.
+  from a temporary copy of the ``--reference`` folder (a checkout of THUwangcy/ReChorus, branch CIKM22; it writes
+  models and logs beside its code) when that folder is present, and the table says so when it is not.
 
 Writes ``docs/results/speed.csv``, ``speed.md`` and ``speed.png``.
 
@@ -38,12 +38,10 @@ from statistics import median
 
 import pandas as pd
 
-from common import launch  # benchmarks/common.py (the script's folder is on sys.path)
+from common import add_src, launch, raw_data, save_png  # benchmarks/common.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-GROCERY = SHARED / "data" / "Grocery_and_Gourmet_Food"
-REFERENCE = SHARED / "reference" / "rechorus-cikm22"
+REFERENCE_ENV = "RECBOLE_EXT_RECHORUS"  # default of --reference
 TIMIREC = {"n_interests": 6, "add_pos": 1, "add_trm": 1, "temp": 1.0, "n_layers": 1, "learning_rate": 1e-4}
 REF_TIMIREC = "--model_name TiMiRec --emb_size 64 --lr 1e-4 --l2 1e-6 --history_max 20 --K 6 --add_pos 1 --add_trm 1"
 # row -> (our model, our config, the reference's flags)
@@ -233,7 +231,7 @@ def plot(frame: pd.DataFrame, out: Path) -> None:
     ax.set_ylabel("seconds per training epoch")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "speed.png", dpi=120)
+    save_png(fig, out / "speed.png")
     plt.close(fig)
 
 
@@ -246,6 +244,10 @@ def main() -> None:
     ap.add_argument("--no_reference", action="store_true")
     ap.add_argument("--gpu", action="store_true", help="train on CUDA (ours and the reference)")
     ap.add_argument("--data_path", default=str(ROOT / "dataset"))
+    add_src(ap)
+    ap.add_argument("--reference", default=os.environ.get(REFERENCE_ENV),
+                    help="a checkout of THUwangcy/ReChorus, branch CIKM22, run from a temporary copy; "
+                         f"default: ${REFERENCE_ENV}; absent: the ours rows only")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = ap.parse_args()
     if args.child:
@@ -256,13 +258,14 @@ def main() -> None:
 
     data_path = Path(args.data_path).resolve()
     if not (data_path / "grocery").is_dir():
-        convert_rechorus(GROCERY, data_path, "grocery")
+        convert_rechorus(raw_data(args.src, "Grocery_and_Gourmet_Food"), data_path, "grocery")
     work = Path(tempfile.mkdtemp(prefix="recbole_ext_speed_"))
-    run_reference = REFERENCE.is_dir() and not args.no_reference
+    run_reference = bool(args.reference) and Path(args.reference).is_dir() and not args.no_reference
     if run_reference:  # the reference writes ../model, ../log and a corpus cache: give it copies to write into
-        shutil.copytree(REFERENCE, work / "reference")
+        grocery = raw_data(args.src, "Grocery_and_Gourmet_Food")
+        shutil.copytree(args.reference, work / "reference")
         (work / "data" / "Grocery_and_Gourmet_Food").mkdir(parents=True)
-        for csv in GROCERY.glob("*.csv"):
+        for csv in grocery.glob("*.csv"):
             (work / "data" / "Grocery_and_Gourmet_Food" / csv.name).symlink_to(csv)
     device = "cuda" if args.gpu else "cpu"
     base = {"data_path": str(data_path), "protocol": "rechorus", "epochs": args.epochs, "stopping_step": args.epochs,

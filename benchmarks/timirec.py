@@ -25,13 +25,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from common import launch  # benchmarks/common.py (the script's folder is on sys.path)
+from common import add_src, launch, raw_data, save_png  # benchmarks/common.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 METRICS = ["hit@5", "ndcg@5", "hit@10", "ndcg@10", "hit@20", "ndcg@20"]
 
-# Reference hyper-parameters (specs/timirec.md §3.5): TiMiRec on Grocery from master's Topk_Amazon.sh,
+# Reference hyper-parameters (THUwangcy/ReChorus): TiMiRec on Grocery from master's Topk_Amazon.sh,
 # ComiRec and SASRec from the CIKM22 README baselines (SASRec as RecBole's own model, CE loss).
 MODELS = {
     "ComiRec": ("ComiRec", {"n_interests": 4, "attn_size": 8, "add_pos": 1, "learning_rate": 1e-3}),
@@ -45,7 +44,7 @@ DATASET_SETTINGS = {  # per-dataset TiMiRec settings of the reference runs
     "grocery": {"TiMiRec": {"n_interests": 6, "temp": 1.0, "n_layers": 1}},
     "ml-1m-half": {"TiMiRec": {"n_interests": 2, "temp": 0.5, "n_layers": 2}},
 }
-REFERENCE = """## Reference figures (not the paper's tables, which could not be obtained; specs/timirec.md §4)
+REFERENCE = """## Reference figures (not the paper's tables, which could not be obtained)
 
 | dataset, protocol | model | test HR@5 | test NDCG@5 | source |
 |---|---|---|---|---|
@@ -68,13 +67,13 @@ PARTS = {
 }
 
 
-def ensure_data(data_path: Path) -> None:
+def ensure_data(data_path: Path, src) -> None:
     from recbole_ext.data.convert import convert_ml1m, convert_rechorus
 
     if not (data_path / "grocery").is_dir():
-        convert_rechorus(SHARED / "Grocery_and_Gourmet_Food", data_path, "grocery")
+        convert_rechorus(raw_data(src, "Grocery_and_Gourmet_Food"), data_path, "grocery")
     if not (data_path / "ml-1m-half").is_dir():
-        convert_ml1m(SHARED / "ml-1m-first-half", data_path, "ml-1m-half")
+        convert_ml1m(raw_data(src, "ml-1m-first-half"), data_path, "ml-1m-half")
 
 
 def one_run(spec: dict) -> dict:
@@ -156,7 +155,7 @@ def plot_curves(out: Path) -> None:
         ax.set(title=dataset, xlabel="epoch (both stages)", ylabel="valid NDCG@5")
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "valid_curves.png", dpi=120)
+    save_png(fig, out / "valid_curves.png")
     plt.close(fig)
 
 
@@ -174,6 +173,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="config overrides for every run, recorded in the table (e.g. n_interests=4)")
     ap.add_argument("--data_path", default=str(ROOT / "dataset"))
+    add_src(ap)
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--summarise_only", action="store_true", help="rebuild timirec.md from timirec.csv")
     args = ap.parse_args()
@@ -186,7 +186,7 @@ def main() -> None:
     if args.summarise_only:
         print(summarise(pd.read_csv(csv), out))
         return
-    ensure_data(data_path)
+    ensure_data(data_path, args.src)
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     for dataset, protocol, extra in PARTS["grocery"] + PARTS["ml1m"] if args.part == "all" else PARTS[args.part]:
         if protocol not in args.protocols:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +41,19 @@ def write_seq_dataset(root: Path, name: str, n_users: int = 30, n_items: int = 4
     pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "timestamp:float"]).to_csv(
         folder / f"{name}.inter", sep="\t", index=False)
     return folder
+
+
+# ``realdata`` tests read the raw data sets (e.g. Grocery_and_Gourmet_Food/ in ReChorus's format) from this folder
+REAL_DATA_ENV = "RECBOLE_EXT_REAL_DATA"
+_REAL_DATA = Path(os.environ[REAL_DATA_ENV]).resolve() if os.environ.get(REAL_DATA_ENV) else None  # before any chdir
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """The folder of the raw data sets, ``$RECBOLE_EXT_REAL_DATA``; the test skips when it is not set."""
+    if _REAL_DATA is None:
+        pytest.skip(f"set {REAL_DATA_ENV} to the folder of the raw data sets")
+    return _REAL_DATA
 
 
 @pytest.fixture(autouse=True)

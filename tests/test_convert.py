@@ -10,8 +10,6 @@ from recbole_ext import run
 from recbole_ext.data import convert
 from recbole_ext.data.convert import convert_mfn_ml1m, convert_ml1m, convert_rechorus
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 def write_ml1m(folder: Path, n_ratings: int, n_users: int, n_movies: int) -> None:
     """Synthetic files in the exact MovieLens-1M format ('::', latin-1, titles with ':' and accents)."""
@@ -94,10 +92,10 @@ def test_rechorus_split_and_negatives_are_kept(tmp_path):
 
 
 @pytest.mark.realdata
-def test_grocery_conversion_matches_reference_counts(tmp_path):
-    src = SHARED / "Grocery_and_Gourmet_Food"
+def test_grocery_conversion_matches_reference_counts(tmp_path, real_data):
+    src = real_data / "Grocery_and_Gourmet_Food"
     if not src.is_dir():
-        pytest.skip("../shared/data is not present")
+        pytest.skip(f"{src} is not present")
     out = convert_rechorus(src, tmp_path, "grocery")
     inter = pd.read_csv(out / "grocery.inter", sep="\t")
     assert len(inter) == 121_892 + 2 * 14_681 and inter["user_id:token"].nunique() == 14_681

@@ -1,6 +1,6 @@
 """Runtime shims that let RecBole 1.2.1 run on torch 2.13, numpy 2, scipy >= 1.13 and ray 2.60.
 
-Every shim names the RecBole line it fixes (see ``specs/recbole-compat.md`` §3) and is idempotent.
+Every shim names the RecBole line it fixes and is idempotent.
 :func:`apply` runs on ``import recbole_ext``; Ray workers run it through :func:`setup_worker`
 (``runtime_env={"worker_process_setup_hook": "recbole_ext.compat.setup_worker"}``), because monkeypatches
 made in the driver process do not exist in worker processes.
@@ -146,7 +146,7 @@ def _anomaly_mode_off() -> None:
 
 
 def _warning_filters() -> None:
-    """Silence exactly the known-harmless warnings RecBole emits on this stack (§3.9), nothing broader."""
+    """Silence exactly the known-harmless warnings RecBole emits on this stack, nothing broader."""
     # trainer.py:30 imports torch.cuda.amp; the scaler is disabled by default (enable_scaler: False)
     warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\..*is deprecated", category=FutureWarning)
     # thop (FLOPs count in run_recbole) still uses distutils' LooseVersion
@@ -172,7 +172,7 @@ def apply() -> None:
 
 def sanitize_argv() -> None:
     """RecBole's ``Config._load_cmd_line`` turns every ``--k=v`` of the *current process* into a top-priority
-    config key; in a Ray worker or under pytest those are the host's flags, not the user's (§3.10)."""
+    config key; in a Ray worker or under pytest those are the host's flags, not the user's."""
     sys.argv = sys.argv[:1]
 
 

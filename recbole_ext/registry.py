@@ -1,6 +1,6 @@
 """Model discovery: entry points of the group ``recbole.models`` become models RecBole itself can find.
 
-No RecBole source is patched. Three hooks, all on RecBole's documented lookup paths (specs/recbole-compat.md §5):
+No RecBole source is patched. Three hooks, all on RecBole's documented lookup paths:
 
 * **model**: the model's module is aliased as ``recbole.model.<type>_recommender.<name lower>`` in
   ``sys.modules``; ``recbole.utils.get_model`` (RecBole's find_spec search, or compat's by-file one) looks there

@@ -1,6 +1,8 @@
-"""The ComiRec protocol: user-disjoint split, all-future-items targets, and both NDCG definitions."""
+"""The ComiRec protocol: ComiRec's user-disjoint split (its Python shuffle of its user list), one training order
+for every epoch, all-future-items targets, and both NDCG definitions."""
 
 import math
+import random
 
 import numpy as np
 import pandas as pd
@@ -9,7 +11,7 @@ import torch
 from recbole.evaluator import Collector, Evaluator
 from recbole.quick_start import run_recbole
 
-from recbole_ext.data.comirec import TARGETS, eval_rows
+from recbole_ext.data.comirec import TARGETS, eval_rows, split_users
 from recbole_ext.data.convert import convert_comirec
 from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.quick_start import _build, build_config
@@ -94,6 +96,48 @@ def test_re4_comirec_and_timirec_under_the_protocol(tiny):
 def _users_of(loader) -> set[str]:
     ds = loader._dataset
     return {ds.field2id_token["user_id"][u] for u in ds.inter_feat["user_id"].tolist()}
+
+
+def test_split_users_is_comirecs_python_shuffle_and_cut_points():
+    users = np.array([f"u{i}" for i in np.random.default_rng(0).permutation(47)])  # 47: cuts int(37.6), int(42.3)
+    expected = users.tolist()
+    random.seed(1230)
+    random.shuffle(expected)
+    train, valid, test = split_users(users, 1230, [0.8, 0.1, 0.1])
+    assert (train.tolist(), valid.tolist(), test.tolist()) == (expected[:37], expected[37:42], expected[42:])
+
+
+def test_split_is_comirecs_on_the_users_in_order_of_first_appearance_in_the_file(tmp_path, tiny):
+    path = tmp_path / "data" / "tiny" / "tiny.inter"
+    frame = pd.read_csv(path, sep="\t").sample(frac=1, random_state=3)  # users interleaved; each keeps its time order
+    first = pd.DataFrame([("u30", "rare", 1)], columns=frame.columns)  # u30 first, on a row the item filter drops
+    frame = pd.concat([first, frame])
+    frame.to_csv(path, sep="\t", index=False)
+    user, item = frame["user_id:token"], frame["item_id:token"]  # ComiRec's preprocessing, on the same file:
+    kept = item.map(item.value_counts()) >= 5
+    per_user = user[kept].value_counts()
+    users = [u for u in dict.fromkeys(user) if per_user.get(u, 0) >= 5]  # its dict of users, in insertion order
+    random.seed(1230)
+    random.shuffle(users)
+    cut = int(len(users) * 0.8), int(len(users) * 0.9)
+    expected = users[:cut[0]], users[cut[0]:cut[1]], users[cut[1]:]
+    config = build_config("ComiRec", "tiny", config_dict={**tiny, "protocol": "comirec"})
+    _, train, valid, test = _build(config)
+    assert [_users_of(loader) for loader in (train, valid, test)] == [set(part) for part in expected]
+
+
+def test_training_rows_keep_one_seeded_order_every_epoch(tiny):
+    def row_orders(**extra) -> list[list[int]]:  # two epochs; a row is (user, history length), unique per prefix
+        config = build_config("ComiRec", "tiny", config_dict={**tiny, "protocol": "comirec", **extra})
+        train = _build(config)[1]
+        return [torch.cat([batch["user_id"] * 100 + batch["item_length"] for batch in train]).tolist()
+                for _ in range(2)]
+
+    first, second = row_orders()
+    assert first == second and first != sorted(first)  # shuffled, once, like the official Re4 code's cached list
+    assert row_orders()[0] == first  # from the seed alone: a rebuilt (resumed) run has the same order
+    reshuffled = row_orders(shuffle_once=False)
+    assert reshuffled[0] != reshuffled[1] and sorted(reshuffled[0]) == sorted(first)
 
 
 def test_filter_is_one_pass_items_then_users(tmp_path, tiny):

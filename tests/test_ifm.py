@@ -8,14 +8,16 @@ import pandas as pd
 import pytest
 import torch
 from recbole.quick_start import run_recbole
-from recbole.utils import init_seed
+from recbole.utils import get_model, init_seed
 
 from conftest import FAST
 from recbole_ext.data.convert import convert_libfm
 from recbole_ext.evaluation import ClippedRMSE
+from recbole_ext.model.context_aware.ifm import FM_PARTS, reference_fm, warm_start
 from recbole_ext.model.layers import InteractionAwarePairs
 from recbole_ext.inference import TrainedModel
 from recbole_ext.quick_start import _build, build_config, run
+from recbole_ext.trainer import ifm as ifm_trainer
 from recbole_ext.trainer.base import resolve_trainer
 
 def test_pair_layer_hand_values():
@@ -181,20 +183,86 @@ def test_libfm_field_map_assigns_by_range_and_names_an_outside_index(tmp_path):
         convert_libfm(tmp_path / "raw", tmp_path / "data", "toy2", field_map=[("u", 0, 9), ("i", 10, 21), ("t", 22, 24)])
 
 
-def test_stage_both_trains_fm_then_starts_ifm_from_it(tmp_path):
-    _libfm(tmp_path / "raw")
-    convert_libfm(tmp_path / "raw", tmp_path / "data", "toy", fields=["user_id", "item_id", "tag"])
+def _toy_config(tmp_path, model: str, **extra):
+    """A config of ``model`` on the libFM toy data (±1 labels, 3 fields), its defaults unless ``extra`` says."""
+    if not (tmp_path / "data" / "toy").exists():
+        _libfm(tmp_path / "raw")
+        convert_libfm(tmp_path / "raw", tmp_path / "data", "toy", fields=["user_id", "item_id", "tag"])
     fast = {key: value for key, value in FAST.items() if key not in ("metrics", "valid_metric", "topk")}
-    config = build_config("IFM", "toy", config_dict={
-        **fast, "data_path": str(tmp_path / "data"), "protocol": "libfm", "stage": "both", "epochs": 2,
-        "fm_epochs": 3, "fm_learning_rate": 0.1, "embedding_size": 4, "train_batch_size": 64,
-        "checkpoint_dir": str(tmp_path / "saved")})
+    return build_config(model, "toy", config_dict={
+        **fast, "data_path": str(tmp_path / "data"), "protocol": "libfm", "embedding_size": 4, "train_batch_size": 64,
+        "checkpoint_dir": str(tmp_path / "saved"), **extra})
+
+
+def _fit(config):
     init_seed(config["seed"], True)
     net, train, valid, _ = _build(config)
     trainer = resolve_trainer(config)(config, net)
     trainer.fit(train, valid, saved=True)
+    return trainer
+
+
+def test_default_trains_the_reference_fm_then_ifm_from_its_weights(tmp_path, monkeypatch):
+    """The paper's recipe by default: FM.py (batch norm + dropout) first, then IFM from the best FM's V, w, w0."""
+    config = _toy_config(tmp_path, "IFM", epochs=2, fm_epochs=3, fm_learning_rate=0.1)
+    assert (config["stage"], config["fm_batch_norm"], config["fm_dropout"]) == ("both", True, 0.7)
+    stage_models, started_from = [], {}
+
+    def keep_fm(fm, cfg):
+        stage_models.append(reference_fm(fm, cfg))
+        return stage_models[-1]
+
+    def spy_warm_start(model, path, dataset_name):
+        copied = warm_start(model, path, dataset_name)
+        started_from.update({key: value.clone() for key, value in model.state_dict().items()})
+        return copied
+
+    monkeypatch.setattr(ifm_trainer, "reference_fm", keep_fm)
+    monkeypatch.setattr(ifm_trainer, "warm_start", spy_warm_start)
+    trainer = _fit(config)
     assert trainer.stage_epochs == {"fm": 3, "IFM": 2} and len(trainer.valid_curve) == 5
     fm = torch.load(trainer.fm_file, weights_only=False)
     assert fm["config"]["model"] == "FM" and config["model"] == "IFM"  # the shared config is restored
-    # the FM stage regressed the ±1 labels on its raw score: a sigmoid output could not get under RMSE 1
-    assert min(trainer.fm_valid_scores) < 0.95
+    fm_parts = [key for key in fm["state_dict"] if key.startswith(FM_PARTS)]
+    assert "token_embedding_table.embedding.weight" in fm_parts and "first_order_linear.bias" in fm_parts
+    for key in fm_parts:  # stage 2 starts from the best FM's embeddings and first-order part, exactly
+        assert torch.equal(started_from[key], fm["state_dict"][key]), key
+    # the FM stage was the reference FM: its norm ran (moving statistics left their init) and it dropped out
+    norm, dropout = stage_models[0].fm.norm, stage_models[0].fm.dropout
+    assert isinstance(norm, torch.nn.BatchNorm1d) and dropout.p == 0.7
+    assert not torch.equal(fm["state_dict"]["fm.norm.running_var"], torch.ones(4))
+    assert isinstance(stage_models[0].loss, torch.nn.MSELoss)  # it regressed the ±1 labels on its raw score
+
+
+def test_warm_start_switches_off_and_a_pretrain_path_replaces_the_fm_stage(tmp_path):
+    trainer = _fit(_toy_config(tmp_path, "IFM", stage="ifm", epochs=2))
+    assert trainer.stage_epochs == {} and trainer.fm_file is None and len(trainer.valid_curve) == 2
+    assert not list((tmp_path / "saved").glob("*-fm.pth"))
+    for model, extra, fm_stage in (("IFM", {}, True), ("INN", {}, True), ("DeepIFM", {}, False),
+                                   ("IFM", {"stage": "ifm"}, False), ("IFM", {"pretrain_path": "fm.pth"}, False)):
+        config = _toy_config(tmp_path, model, epochs=2, fm_epochs=3, **extra)
+        assert ifm_trainer.trains_fm(config) is fm_stage, (model, extra)
+        assert ifm_trainer.IFMTrainer.max_epochs(config) == (5 if fm_stage else 2), (model, extra)
+
+
+def test_reference_fm_is_fm_py_batch_norm_and_dropout_on_the_bi_interaction(ratings):
+    config = build_config("IFM", "rated", config_dict=ratings)
+    init_seed(config["seed"], True)
+    _, train, valid, _ = _build(config)
+    batch = next(iter(valid))[0]
+    fm = get_model("FM")(config, train._dataset).eval()  # as the FM stage builds it
+    plain = fm(batch)
+    assert torch.equal(reference_fm(fm, {"fm_batch_norm": False, "fm_dropout": 0.0})(batch), plain)  # RecBole's FM
+    reference_fm(fm, config).eval()
+    norm = fm.fm.norm
+    assert (norm.num_features, norm.eps, norm.momentum, norm.affine) == (4, 1e-3, 0.1, True)  # TF decay 0.9
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+        norm.weight.uniform_(0.5, 2), norm.bias.uniform_(-1, 1)
+    e = fm.concat_embed_input_fields(batch)
+    bi = 0.5 * (e.sum(1) ** 2 - (e ** 2).sum(1))  # [B, K]
+    normed = (bi - norm.running_mean) / (norm.running_var + 1e-3).sqrt() * norm.weight + norm.bias
+    expected = fm.first_order_linear(batch).squeeze(-1) + normed.sum(-1)
+    assert torch.allclose(fm(batch), expected, atol=1e-5)  # evaluation: moving statistics, no dropout
+    fm.train()  # training: batch statistics (deterministic) and FM.py's dropout (keep 0.3), so two passes differ
+    assert fm.fm.dropout.p == 0.7 and not torch.equal(fm(batch), fm(batch))

@@ -99,20 +99,27 @@ def test_pools_hold_training_rows_only_and_the_rating_is_no_input(ratings):
     assert torch.equal(before, net.predict(batch))
 
 
-def test_training_histories_never_hold_the_row_itself(ratings):
-    for exclude in (True, False):
-        _, net, train, _, _ = marif(ratings, exclude_own_interaction=exclude)
-        batch = next(iter(train))
-        users, items = batch["user_id"], batch["item_id"]
+def test_row_own_interaction_is_in_its_histories_only_in_the_reference_mode(ratings):
+    """Through the model's own training pass (the samplers' outputs caught by hooks): by default no training row
+    ever finds its own (user, item) interaction in its user or item history; ``exclude_own_interaction: False``
+    (the reference's mode) samples it in."""
+    for extra, exclude in (({}, True), ({"exclude_own_interaction": False}, False)):
+        config, net, train, _, _ = marif(ratings, **extra)
+        assert config["exclude_own_interaction"] is exclude
+        drawn = {}
+        for name in ("user_history", "item_history"):
+            getattr(net, name).register_forward_hook(lambda module, args, out, name=name: drawn.update({name: out}))
         net.train()
-        seen = False
-        for _ in range(5):
-            with torch.no_grad():
-                g = net._generator(users.device)
-                user_side = net.user_history(users, items if net.exclude_own else None, g)[0]
-                item_side = net.item_history(items, users if net.exclude_own else None, g)[0]
-            seen |= bool((user_side == items[:, None]).any() or (item_side == users[:, None]).any())
-        assert seen is not exclude
+        own = 0
+        for _ in range(3):  # epochs: fresh histories every pass
+            for batch in train:
+                with torch.no_grad():
+                    net.calculate_loss(batch)
+                users, items = batch["user_id"], batch["item_id"]
+                for name, partner in (("user_history", items), ("item_history", users)):
+                    partners, _, mask = drawn[name]
+                    own += int(((partners == partner[:, None]) & mask).sum())
+        assert (own > 0) is not exclude, (extra, own)
 
 
 def test_evaluation_histories_repeat_for_a_seed_and_change_with_it(ratings):

@@ -140,3 +140,11 @@ def test_both_tasks_run_through_run_recbole(synthetic, tmp_path):
     trainer.fit(train, valid, saved=False, show_progress=False)
     losses = [sum(v) if isinstance(v, tuple) else v for v in trainer.train_loss_dict.values()]
     assert losses[-1] < losses[0]
+
+
+def test_the_module_cites_the_mfn_paper():
+    from recbole_ext.model.sequential import mfn
+
+    doc = " ".join(mfn.__doc__.split())
+    assert '"A Novel Macro-Micro Fusion Network for User Representation Learning on Mobile Apps", WWW\'21' in doc
+    assert "Bian, Zhao, Zhou, Chen, Cai, He, Luo and Wen" in doc and "DOI 10.1145/3442381.3450109" in doc

@@ -1,5 +1,6 @@
-"""Re4: each backward flow against a hand-computed value, sampled softmax against the full softmax, zero
-weights removing their terms, and runs through RecBole's run_recbole."""
+"""Re4: each backward flow against a hand-computed value, the sampled softmax against softmaxes by hand over the
+reference's candidates (no target of the batch a negative), zero weights removing their terms, and runs through
+RecBole's run_recbole."""
 
 import math
 from types import SimpleNamespace
@@ -9,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from recbole.quick_start import run_recbole
 
-from recbole_ext.model.layers import MultiInterestExtractor, sampled_softmax_loss
+from recbole_ext.model.layers import (
+    MultiInterestExtractor, batch_negatives, log_uniform_negatives, sampled_softmax_loss,
+)
 from recbole_ext.model.sequential.re4 import (
     Decoder, Re4, attended_items, newest_first, re_attend_loss, re_construct_loss, re_contrast_loss,
 )
@@ -108,25 +111,73 @@ def test_per_item_extractor_path_equals_per_position_computation():
     assert torch.allclose(interests, torch.softmax(expected_logits, -1) @ extractor.value(e), atol=1e-6)
 
 
-def test_sampled_softmax_is_the_full_softmax_when_every_item_is_a_candidate_and_masks_accidental_hits():
+def _softmax_by_hand(user, items, targets, negatives_of, log_q=None) -> float:
+    """Mean over rows b of -log softmax of b's own target against ``negatives_of(b)`` (item ids), one row at a time."""
+    shift = torch.zeros(len(items)) if log_q is None else log_q
+    losses = []
+    for b, t in enumerate(targets.tolist()):
+        ids = [t, *negatives_of(b)]
+        logits = torch.stack([user[b] @ items[i] - shift[i] for i in ids])
+        losses.append(-F.log_softmax(logits, 0)[0])
+    return torch.stack(losses).mean().item()
+
+
+def test_sampled_softmax_small_catalogue_is_own_target_against_every_item_but_the_batch_targets():
+    torch.manual_seed(0)  # 30 items, 10 rows, 8 distinct targets (two repeated)
+    user, items = torch.randn(10, 4), torch.randn(31, 4)
+    targets = torch.tensor([1, 3, 3, 7, 11, 12, 20, 20, 29, 30])
+    rest = sorted(set(range(1, 31)) - set(targets.tolist()))  # 22 items
+    expected = _softmax_by_hand(user, items, targets, lambda b: rest)
+    full = F.cross_entropy(user @ items[1:].T, targets - 1).item()  # the batch's other targets as negatives too
+    assert expected != pytest.approx(full, abs=1e-3)
+    for n_negatives in (5000, 30, 25, 22):  # at least as many as the non-target items: every one of them
+        assert sampled_softmax_loss(user, items, targets, n_negatives).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_sampled_softmax_large_catalogue_draws_no_batch_target():
+    # every user scores each target item 5 and every other item 0: with the batch's other targets kept out of the
+    # 1,500 negatives the loss is log(1 + 1500 e^-5) whichever items are drawn
+    n_items, targets = 2001, torch.tensor([3, 70, 500, 501, 999, 1400, 1999, 2000])
+    items = torch.zeros(n_items, 2)
+    items[targets, 0] = 5.0
+    user = torch.tensor([[1.0, 0.0]]).expand(len(targets), -1)
+    torch.manual_seed(0)
+    loss = sampled_softmax_loss(user, items, targets, 1500)
+    assert loss.item() == pytest.approx(math.log1p(1500 * math.exp(-5)), rel=1e-5)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        candidates, dropped = batch_negatives(targets, n_items, 1500)
+        assert len(candidates.unique()) == 1500 and not dropped.any()
+        assert candidates.min() >= 1 and candidates.max() < n_items and not torch.isin(candidates, targets).any()
+
+
+def test_batch_negatives_are_uniform_over_the_non_target_items():
+    torch.manual_seed(0)
+    targets = torch.tensor([2, 5, 5, 9, 17, 21, 26, 28, 30])
+    counts = torch.zeros(31)
+    for _ in range(3000):
+        candidates, dropped = batch_negatives(targets, 31, 10)
+        assert not dropped.any() and len(candidates.unique()) == 10
+        counts[candidates] += 1
+    allowed = torch.ones(31, dtype=torch.bool)
+    allowed[0], allowed[targets] = False, False
+    assert counts[~allowed].sum() == 0
+    assert torch.allclose(counts[allowed] / 3000, torch.full((int(allowed.sum()),), 10 / 22), atol=0.05)
+
+
+def test_log_uniform_negatives_mask_only_the_rows_own_target_as_comirec():
     torch.manual_seed(0)
     user, items, targets = torch.randn(5, 4), torch.randn(12, 4), torch.tensor([1, 3, 3, 7, 11])
-
-    def by_hand(candidates):  # each row: its target against the candidates other than itself
-        return torch.stack([
-            -F.log_softmax(torch.cat([user[b:b + 1] @ items[t:t + 1].T,
-                                      user[b:b + 1] @ items[candidates[candidates != t]].T], 1), 1)[0, 0]
-            for b, t in enumerate(targets.tolist())]).mean().item()
-
-    full = by_hand(torch.arange(1, 12))
-    assert full == pytest.approx(F.cross_entropy(user @ items[1:].T, targets - 1).item(), abs=1e-6)
-    assert sampled_softmax_loss(user, items, targets, 11).item() == pytest.approx(full, abs=1e-6)
-    assert sampled_softmax_loss(user, items, targets, 5000).item() == pytest.approx(full, abs=1e-6)
+    full = F.cross_entropy(user @ items[1:].T, targets - 1).item()  # every item drawn: no correction, no sampling
+    assert sampled_softmax_loss(user, items, targets, 11, "log_uniform").item() == pytest.approx(full, abs=1e-6)
     torch.manual_seed(1)
-    sampled = sampled_softmax_loss(user, items, targets, 6)
+    sampled = sampled_softmax_loss(user, items, targets, 6, "log_uniform")
     torch.manual_seed(1)
-    assert sampled.item() == pytest.approx(by_hand(torch.randperm(11)[:6] + 1), abs=1e-6)
-    assert torch.isfinite(sampled_softmax_loss(user, items, targets, 6, "log_uniform"))
+    candidates, log_q = log_uniform_negatives(12, 6, torch.device("cpu"))
+    expected = _softmax_by_hand(user, items, targets,
+                                lambda b: [c for c in candidates.tolist() if c != targets[b]], log_q)
+    assert sampled.item() == pytest.approx(expected, abs=1e-5)
+    assert torch.isin(candidates, targets).any()  # some row's negatives hold another row's target
 
 
 def _model(**weights):

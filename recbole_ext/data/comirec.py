@@ -1,12 +1,14 @@
-"""The ComiRec multi-interest protocol (``eval_protocol: comirec``, preset ``protocol: comirec``; specs/re4.md §3).
+"""The ComiRec multi-interest protocol (``eval_protocol: comirec``, preset ``protocol: comirec``).
 
 * Filtering, one pass as ComiRec's preprocessing (:func:`comirec_filter`, not RecBole's iterated filter): items
   with ≥ ``comirec_min_item_inter`` interactions, then users with ≥ ``comirec_min_user_inter`` interactions on the
   kept items; items are not re-checked. It runs where RecBole's own filter runs, before ids are remapped.
-* A **user-disjoint** split: the users are shuffled with ``comirec_split_seed`` and cut 80/10/10
-  (``comirec_split``); each user's whole sequence belongs to one part. Data converted from ComiRec's own files
-  (``--convert=comirec``) carry each user's part in the ``comirec_part`` field: that split is kept and the
-  filter is skipped (ComiRec's preprocessing has already run).
+* A **user-disjoint** split, as ComiRec's preprocessing: the list of users in order of first appearance in the
+  interaction file (filtered rows included: ComiRec fills its dict of users before filtering) is shuffled by Python's
+  ``random.seed(comirec_split_seed); random.shuffle(...)`` and cut 80/10/10 (``comirec_split``), so the same file
+  and seed (ComiRec's 1230) give ComiRec's split; each user's whole sequence belongs to one part. Data converted
+  from ComiRec's own files (``--convert=comirec``) carry each user's part in the ``comirec_part`` field: that split
+  is kept and the filter is skipped (ComiRec's preprocessing has already run).
 * Training: every prefix of every train user's sequence predicts its next item (RecBole's own sequential
   augmentation, history truncated to the last ``MAX_ITEM_LIST_LENGTH`` items).
 * Valid/test: one row per user; the history is the first ``int(0.8·n)`` items (``comirec_history_ratio``; the
@@ -22,13 +24,17 @@ It plugs in through ``SequentialDataset.build`` and ``get_dataloader`` (see :fun
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
+import pandas as pd
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.data.interaction import Interaction
 
 TARGETS = "comirec_targets"
 PART = "comirec_part"  # train | valid | test per interaction, written by the comirec converter
+USER_ORDER = "comirec_user_order"  # dataset attribute: user tokens by first appearance, recorded before the filter
 
 
 def comirec_filter(dataset) -> None:
@@ -37,14 +43,30 @@ def comirec_filter(dataset) -> None:
     if PART in feat:
         return
     items, users = feat[dataset.iid_field], feat[dataset.uid_field]
+    setattr(dataset, USER_ORDER, users.unique())  # in order of appearance; the filter drops some rows next
     keep = items.map(items.value_counts()) >= (config["comirec_min_item_inter"] or 0)
     keep &= users.map(users[keep].value_counts()).fillna(0) >= (config["comirec_min_user_inter"] or 0)
     dataset.inter_feat = feat[keep]
 
 
+def ordered_users(dataset, ids: np.ndarray) -> np.ndarray:
+    """The users ``ids`` in ComiRec's list order, first appearance in the interaction file as loaded (the order
+    :func:`comirec_filter` recorded); without that record (the filter did not run), RecBole's id order, which is
+    first appearance among the kept rows. [U] -> [U]"""
+    tokens = getattr(dataset, USER_ORDER, None)
+    if tokens is None:
+        return ids
+    order = pd.Series(tokens).map(dataset.field2token_id[dataset.uid_field]).dropna().to_numpy(np.int64)
+    return order[np.isin(order, ids)]
+
+
 def split_users(users: np.ndarray, seed: int, ratios: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shuffle with the seed, cut train / valid / test at ``int(r0·n)`` and ``int((r0 + r1)·n)`` as ComiRec."""
-    shuffled = np.random.default_rng(seed).permutation(users)
+    """ComiRec's split of its ordered user list: ``random.seed(seed); random.shuffle(users)`` (Python's generator,
+    so the same seed gives ComiRec's order), then train / valid / test cut at ``int(r0·n)`` and ``int((r0 + r1)·n)``.
+    [U] -> three arrays of users"""
+    positions = list(range(len(users)))
+    random.Random(seed).shuffle(positions)  # the permutation depends on the length only; the global random is untouched
+    shuffled = users[positions]
     first, second = int(ratios[0] * len(users)), int((ratios[0] + ratios[1]) * len(users))
     return shuffled[:first], shuffled[first:second], shuffled[second:]
 
@@ -73,8 +95,8 @@ def comirec_build(dataset) -> list:
         part = np.asarray(dataset.field2id_token[PART])[feat[PART].numpy()[start]]
         train_users, valid_users, test_users = (ids[part == name] for name in ("train", "valid", "test"))
     else:
-        train_users, valid_users, test_users = split_users(ids, int(config["comirec_split_seed"]),
-                                                           list(config["comirec_split"]))
+        train_users, valid_users, test_users = split_users(
+            ordered_users(dataset, ids), int(config["comirec_split_seed"]), list(config["comirec_split"]))
     parts = [dataset.copy(feat[torch.as_tensor(np.nonzero(np.isin(users, train_users))[0])])]
     items = feat[dataset.iid_field]
     for part in (valid_users, test_users):

@@ -110,7 +110,7 @@ AGES = ["1", "18", "25", "35", "45", "50", "56"]  # MovieLens-1M's age codes -> 
 
 def convert_mfn_ml1m(src: str | Path, data_path: str | Path = "dataset", name: str = "ml-1m-mfn",
                      active_min: int = 5, macro_len: int = 50) -> Path:
-    """MovieLens-1M as MFN's two views (specs/mfn.md §5.1): micro = the time-ordered ratings, ``item_cate`` the
+    """MovieLens-1M as MFN's two views: micro = the time-ordered ratings, ``item_cate`` the
     movie's first genre; macro = the first time the user touches each (first genre x release decade) bucket, the
     app category its decade. Each user's inputs stop at 90 % of its own time span; ``active`` = at least
     ``active_min`` ratings after that cutoff (those ratings are removed from both views); ``gender`` F/M -> 0/1,

@@ -1,4 +1,4 @@
-"""MARIF's "flexible up-down" history sampler (specs/marif.md §1.3, §4.3), vectorised.
+"""MARIF's "flexible up-down" history sampler, vectorised.
 
 Each entity (a user, or an item) is described by ``size`` sampled (partner, feedback) pairs of its **training**
 interactions: a user by items and the ratings it gave them, an item by users and their ratings. The sample is
@@ -15,10 +15,10 @@ Python per row (the reference spends 180 of its 290 s per epoch in that loop).
   appearance in the (shuffled) training rows comes latest, mostly its rarest level; ``largest``: the level with
   the most interactions.
 * **The row's own interaction** is never in its own history: when the row's (entity, partner) pair is a training
-  interaction, that entry is left out of its level (count minus one, the draw skips its position). The reference
-  keeps it in during training (a mild label leak: the target's own rating can be sampled); calling with
-  ``partners=None`` restores that (MARIF's ``exclude_own_interaction: False``). Valid/test rows are not in the pools anyway (a duplicate of the same pair in train
-  is left out too).
+  interaction, that entry is left out of its level (count minus one, the draw skips its position; a pair with
+  several training rows loses one of them). The reference keeps it in during training (a mild label leak: the
+  target's own rating can be sampled); calling with ``partners=None`` restores that (MARIF's
+  ``exclude_own_interaction: False``). Valid/test rows are not in the pools anyway.
 * **Cold entities** (no training interaction left) get an all-False mask: their pooled vector is zero.
 
 It is an ``nn.Module`` only so that its index lives on the model's device (non-persistent buffers: checkpoints

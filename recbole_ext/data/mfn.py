@@ -1,4 +1,4 @@
-"""MFN's data: the synthetic two-view generator (specs/mfn.md §5.3), its logistic-regression oracle, and the
+"""MFN's data: the synthetic two-view generator, its logistic-regression oracle, and the
 user-level task's split (one row per user, users 8:1:1).
 
 **Generator.** Users mix K latent topics (θ_u ~ Dirichlet(0.3)); each view draws categories from its own topic ->
@@ -10,7 +10,7 @@ sequential signal). Labels: ``gender`` from topics and both traits, ``age`` (5 b
 trait, ``active`` from both views' lengths and the macro trait; so each view alone predicts them and both together
 predict them better. Ids are prefixed strings (``a17``, ``ac3``, ``i230``, ``ic5``, ``u9``).
 
-Atomic files (§5.2): ``.inter`` (user, item, timestamp: the micro view), ``.item`` (item_cate), ``.user`` (the macro
+Atomic files: ``.inter`` (user, item, timestamp: the micro view), ``.item`` (item_cate), ``.user`` (the macro
 view as time-ordered parallel ``macro_app_seq`` / ``macro_cate_seq`` / ``macro_time_seq`` fields, most recent
 ``MACRO_LEN`` kept, and the float labels), plus ``<name>.json`` with the generator's version, seed and sizes.
 ``--dataset=mfn-synthetic`` (calibration size) or ``mfn-synthetic-tiny`` generates them when absent.
@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_ext.data.comirec import split_users
 
 VERSION = 1
 MACRO_LEN = 50
@@ -178,9 +177,10 @@ def oracle(folder: Path, name: str, label: str = "gender", seed: int = 2020) -> 
 
 def split_by_token(tokens: np.ndarray, seed: int, ratios: list[float]) -> tuple[np.ndarray, ...]:
     """Positions in ``tokens`` of each part of a seeded user split made over the sorted raw ids, so that RecBole's
-    remapped ids and a plain file read (the oracle) put the same users in the same part."""
-    order = np.argsort(tokens, kind="stable")
-    return tuple(order[part] for part in split_users(np.arange(len(tokens)), seed, ratios))
+    remapped ids and a plain file read (the oracle) put the same users in the same part: a numpy permutation cut at
+    ``int(r0·n)`` and ``int((r0 + r1)·n)``. [U] -> three position arrays"""
+    shuffled = np.argsort(tokens, kind="stable")[np.random.default_rng(seed).permutation(len(tokens))]
+    return tuple(np.split(shuffled, [int(ratios[0] * len(tokens)), int((ratios[0] + ratios[1]) * len(tokens))]))
 
 
 USER_TASK_REFUSAL = ("task user_classification: RecBole's own Trainer would train {model}'s own objective on the user "

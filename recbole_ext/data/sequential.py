@@ -13,9 +13,13 @@ Training negatives (``train_neg_exclude``), uniform over items ``1 .. item_num -
 * ``history`` (``protocol: rechorus``, the reference): a negative is no item of the user's whole training
   history (every training target and every history item of the user), as ReChorus's ``train_clicked_set``.
 
-``sequential_loader: recbole`` keeps RecBole's own loader (RecBole's sampler, ``positive`` only). The fast
-loader also steps aside, with a log line, where it does not apply: distributed training, popularity or dynamic
-negatives, or an interaction transform.
+Row order: reshuffled every epoch (RecBole), or with ``shuffle_once`` (``protocol: comirec``) shuffled once and
+kept for every epoch, as the official Re4 code, which shuffles its training list once and caches it; that order
+comes from the seed alone, so a resumed run keeps it.
+
+``sequential_loader: recbole`` keeps RecBole's own loader (RecBole's sampler, ``positive`` only, reshuffled every
+epoch). The fast loader also steps aside, with a log line, where it does not apply: distributed training, popularity
+or dynamic negatives, or an interaction transform.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ def draw_negatives(users: torch.Tensor, positives: torch.Tensor, n_items: int, n
         bad = torch.zeros_like(bad)
         bad[rows, cols] = colliding(rows, redrawn.unsqueeze(-1)).squeeze(-1)
     return negatives
+
+
+def seeded_generator(seed: int, stream: int) -> torch.Generator:
+    """A torch generator for one of the loader's streams of random numbers, independent of the others and of the
+    global stream that ``seed`` itself seeds."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]))
 
 
 def history_keys(dataset) -> torch.Tensor:
@@ -101,7 +111,9 @@ class SequentialTrainLoader(TrainDataLoader):
         self.epoch_negatives: torch.Tensor | None = None  # [N, num] of the epoch in progress, row order
         # RecBole seeds its loader generator with `seed`, as init_seed seeds the global stream the model's
         # initial weights come from: the same MT19937 numbers would pick the epoch's order and negatives.
-        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence([int(config["seed"]), 1]).generate_state(1)[0]))
+        self.generator = seeded_generator(int(config["seed"]), 1)
+        self.fixed_order = torch.randperm(self.sample_size, generator=seeded_generator(int(config["seed"]), 2)) \
+            if shuffle and config["shuffle_once"] else None  # [N]: the row order of every epoch
 
     @property
     def n_negatives(self) -> int:
@@ -114,7 +126,10 @@ class SequentialTrainLoader(TrainDataLoader):
 
     def __iter__(self):
         n, device = self.sample_size, next(iter(self.fields.values())).device
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.fixed_order is not None:
+            order = self.fixed_order
+        else:
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(device)
         negatives = None
         if self.n_negatives:
@@ -140,6 +155,9 @@ def train_loader_class(config) -> type | None:
     blocker = "sequential_loader: recbole" if choice == "recbole" else fast_path_blocker(config)
     if blocker is None:
         return SequentialTrainLoader
+    if config["shuffle_once"]:
+        raise ValueError(f"shuffle_once needs the fast sequential loader, which {blocker} rules out; "
+                         "set shuffle_once: False")
     if exclude == "history":
         raise ValueError(f"train_neg_exclude: history needs the fast sequential loader, which {blocker} rules out; "
                          "set train_neg_exclude: positive")

@@ -1,4 +1,4 @@
-"""User-level classification metrics (MFN's user tasks; specs/mfn.md §2.6), registered as RecBole value metrics.
+"""User-level classification metrics (MFN's user tasks), registered as RecBole value metrics.
 
 Scores are P(label = 1) [N] for a binary label or class probabilities [N, K]: binary metrics threshold at 0.5 and
 score class 1; multi-class ones take the arg-max and macro-average over the classes (AUC one-vs-rest). RecBole's own

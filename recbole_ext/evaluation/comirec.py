@@ -2,8 +2,8 @@
 
 For a user with ordered future items ``T`` (duplicates kept) and top-K list ``Lst``: DCG = Σ over target
 positions i with ``T[i] ∈ Lst`` of 1/log2(i + 2) (i is the index in the *target* list, not a retrieval rank);
-IDCG = Σ_{i < h} 1/log2(i + 2) with h the number of such hits; NDCG = DCG / IDCG, 0 without a hit
-(specs/re4.md §3.4 (2)). Recall (set-based) and HitRate are RecBole's own ``Recall`` and ``Hit``.
+IDCG = Σ_{i < h} 1/log2(i + 2) with h the number of such hits; NDCG = DCG / IDCG, 0 without a hit.
+Recall (set-based) and HitRate are RecBole's own ``Recall`` and ``Hit``.
 
 The score needs the target order, which RecBole's Collector does not keep: the plugin trainer computes it per
 batch from the batch's ordered targets and its top-K items (:func:`comirec_ndcg`) and adds it to the

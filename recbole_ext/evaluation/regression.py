@@ -1,5 +1,5 @@
 """``ClippedRMSE``: the RMSE of IFM's evaluation, predictions clipped to the range of the true labels of the
-evaluated rows ([-1, 1] for the libFM ±1 data) before the error is taken (specs/ifm.md §1.5)."""
+evaluated rows ([-1, 1] for the libFM ±1 data) before the error is taken, as the official IFM code evaluates."""
 
 from __future__ import annotations
 

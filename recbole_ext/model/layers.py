@@ -183,41 +183,72 @@ def bpr_loss(pos_score: torch.Tensor, neg_score: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(pos_score - neg_score).mean()
 
 
+def batch_negatives(targets: torch.Tensor, n_items: int, n_negatives: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official Re4 code's negatives of one batch: ``n_negatives`` ids drawn uniformly without replacement
+    (torch's global generator) from the items ``1 .. N-1`` that are no target of the batch, or all of them when
+    fewer remain. No host sync: the ``min(n_negatives, N - 1)`` candidates come with a mask of the batch targets
+    among them (only there when fewer than ``n_negatives`` items remain), which the caller drops.
+
+    targets: [B] -> candidates [C] long, is_target [C] bool
+    """
+    is_target = torch.zeros(n_items, dtype=torch.bool, device=targets.device)
+    is_target[targets] = True
+    if n_negatives >= n_items - 1:
+        candidates = torch.arange(1, n_items, device=targets.device)
+    else:  # in a random order, the first non-targets are a uniform subset; the first n + B ids hold >= n of them
+        prefix = torch.randperm(n_items - 1, device=targets.device)[:n_negatives + len(targets)] + 1
+        candidates = prefix[is_target[prefix].to(torch.uint8).argsort(stable=True)][:n_negatives]  # targets last
+    return candidates, is_target[candidates]
+
+
+def log_uniform_negatives(n_items: int, n_negatives: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComiRec's negatives (TensorFlow's log-uniform candidate sampler, meant for ids numbered by descending
+    popularity): ``n_negatives`` distinct ids of ``1 .. N-1`` drawn with P(id) ∝ log((id + 1) / id), and the log-Q
+    correction of each id's logit; every item, uncorrected (each is certain to be drawn), when fewer remain.
+
+    -> candidates [C] long, log_q [N] (indexed by item id)
+    """
+    if n_negatives >= n_items - 1:
+        return torch.arange(1, n_items, device=device), torch.zeros(n_items, device=device)
+    ids = torch.arange(1, n_items, device=device, dtype=torch.float)
+    probs = torch.log1p(1 / ids) / math.log(n_items)  # [N-1], sums to 1
+    candidates = torch.multinomial(probs, n_negatives, replacement=False) + 1
+    return candidates, torch.cat([probs.new_zeros(1), probs.log()])
+
+
 def sampled_softmax_loss(user: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n_negatives: int,
                          distribution: str = "uniform") -> torch.Tensor:
-    """Softmax of the target against negatives shared by the whole batch (Re4 / ComiRec style).
+    """Softmax of each row's own target (column 0) against negatives shared by the whole batch; plain dot
+    products, no bias, temperature 1.
 
-    ``n_negatives`` distinct ids are drawn from ``1 .. N-1`` with torch's global generator: ``uniform``, or
-    ``log_uniform`` (P(id) ∝ log((id + 1) / id), for ids numbered by descending popularity, with the log-Q
-    correction of the sampled logits); a candidate equal to the row's own target is masked (accidental hit).
-    With ``n_negatives >= N - 1`` every item is a candidate: the full softmax over items ``1 .. N-1``.
+    * ``uniform``, the official Re4 code: :func:`batch_negatives`, so no target of the batch is a negative of any
+      row (the reference samples from all items minus the batch's targets; a catalogue of fewer than
+      ``n_negatives`` other items gives every one of them, not the full softmax);
+    * ``log_uniform``, ComiRec's TensorFlow ``sampled_softmax_loss``: :func:`log_uniform_negatives` with the log-Q
+      correction, and only a row's own target masked among them (TensorFlow's accidental hits), so the batch's
+      other targets stay negatives, as there; a small catalogue gives the full softmax.
 
     user: [B, d], items: [N, d] (row 0 = padding), targets: [B] -> scalar (batch mean)
     """
-    n_real = items.size(0) - 1
-    log_q = None
-    if n_negatives >= n_real:  # the target against every other item: the full softmax, no candidate list to mask
-        return F.cross_entropy(user @ items[1:].T, targets - 1)
-    if distribution == "uniform":  # the log-Q correction is one constant here and cancels
-        candidates = torch.randperm(n_real, device=items.device)[:n_negatives] + 1
+    n_items = items.size(0)
+    if distribution == "uniform":  # a uniform log-Q is one constant and cancels
+        candidates, dropped = batch_negatives(targets, n_items, n_negatives)
+        dropped, log_q = dropped.unsqueeze(0), None  # [1, C]
     elif distribution == "log_uniform":
-        ids = torch.arange(1, n_real + 1, device=items.device, dtype=items.dtype)
-        probs = torch.log1p(1 / ids) / math.log(n_real + 1)  # [N-1], sums to 1
-        candidates = torch.multinomial(probs, n_negatives, replacement=False) + 1
-        log_q = torch.cat([probs.new_zeros(1), probs.log()])  # indexed by item id
+        candidates, log_q = log_uniform_negatives(n_items, n_negatives, items.device)
+        dropped = candidates.unsqueeze(0) == targets.unsqueeze(1)  # [B, C]
     else:
         raise ValueError(f"negative distribution must be 'uniform' or 'log_uniform', got {distribution!r}")
     positive = (user * items[targets]).sum(-1, keepdim=True)  # [B, 1]
-    negative = user @ items[candidates].T  # [B, C]
+    negative = user @ items.index_select(0, candidates).T  # [B, C]
     if log_q is not None:
         positive, negative = positive - log_q[targets].unsqueeze(1), negative - log_q[candidates]
-    negative = negative.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-    logits = torch.cat([positive, negative], dim=1)
+    logits = torch.cat([positive, negative.masked_fill(dropped, float("-inf"))], dim=1)
     return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
 class InteractionAwarePairs(nn.Module):
-    """The interaction-aware pair layer of IFM / INN / DeepIFM (Hong et al., AAAI'19; specs/ifm.md §1.3, §3.2).
+    """The interaction-aware pair layer of IFM / INN / DeepIFM (Hong et al., AAAI'19).
 
     For every field pair p = (i, j), i < j (pairs inside one ``field_groups`` group are skipped, DeepIFM's
     ``dim_to_field``): the feature-interaction vector ``q_p = e_i ⊙ e_j``; the **feature aspect**, an attention
@@ -225,7 +256,7 @@ class InteractionAwarePairs(nn.Module):
     prototype per field pair ``u_p = Ψᵀ(φ_i ⊙ φ_j)`` from k_F-dimensional field embeddings Φ [M, k_F] and a shared
     projection Ψ [k_F, K]. With ``sample_size`` only that many pairs are used, drawn without replacement with
     probability ∝ ‖u_p‖² by the Gumbel-top-k trick, before any product is formed, the attention renormalised over
-    them (DeepIFM's sampling; the reference's switch never fires, §3.3). All pairs are one gather, no loop.
+    them (DeepIFM's sampling; the reference's switch never fires). All pairs are one gather, no loop.
 
     Initialisation as IFM.py: W and b ~ N(0, 2/(t + K)), h, Φ, Ψ ~ N(0, 1).
     e: [B, M, K] -> attention a [B, P], interactions q [B, P, K], prototypes U [P, K]
@@ -300,7 +331,7 @@ class FastDropout(nn.Dropout):
 
 
 class UserHead(nn.Linear):
-    """The head of the user-level task (``task: user_classification``; specs/mfn.md §2.6): a user vector -> the
+    """The head of the user-level task (``task: user_classification``): a user vector -> the
     user field ``label`` of the row. Two label values: one logit, sigmoid and BCE; more: a softmax over the classes
     (values 0 .. C-1) and CE. The class count is read from the dataset's user table. [B, d] -> logits [B, 1 | C]"""
 

@@ -1,11 +1,13 @@
 """The IFM family's FM warm start in one command (``stage: both``), on RecBole's own ``Trainer.fit``.
 
-Stage 1 trains RecBole's ``FM`` on the same data (``fm_epochs``, ``fm_learner``, ``fm_learning_rate``; with
-``loss_type: MSE`` its loss is the squared error on the raw score, as the reference FM.py regresses ±1 labels) and
-keeps its best-valid checkpoint beside the final one as ``*-fm.pth`` (a RecBole FM checkpoint: ``pretrain_path`` of a
-later run can reuse it). Stage 2 copies its embeddings and first-order part into the IFM / INN / DeepIFM model
-(:func:`recbole_ext.model.context_aware.ifm.warm_start`) and fits it. ``stage: ifm`` (default) fits the model alone,
-from ``pretrain_path`` when given.
+Stage 1 trains the reference FM on the same data (``fm_epochs``, ``fm_learner``, ``fm_learning_rate``): RecBole's
+``FM`` with the reference FM.py's batch norm and dropout on its Bi-Interaction vector (``fm_batch_norm``,
+``fm_dropout``; :func:`~recbole_ext.model.context_aware.ifm.reference_fm`); with ``loss_type: MSE`` its loss is the
+squared error on the raw score, as FM.py regresses ±1 labels. Its best-valid checkpoint is kept beside the final one
+as ``*-fm.pth``: a RecBole FM checkpoint (plus the norm's tensors under ``fm.norm.`` when ``fm_batch_norm`` is on)
+that ``pretrain_path`` of a later run can reuse. Stage 2 copies its embeddings and first-order part into the IFM /
+INN / DeepIFM model (:func:`~recbole_ext.model.context_aware.ifm.warm_start`) and fits it. With ``pretrain_path`` set
+the model already starts from that FM and no FM stage runs; ``stage: ifm`` fits the model alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from recbole.trainer import Trainer
 from recbole.utils import get_model
 
-from recbole_ext.model.context_aware.ifm import warm_start
+from recbole_ext.model.context_aware.ifm import reference_fm, warm_start
 from recbole_ext.model.context_aware.regression import regress_raw_score
 from recbole_ext.distributed import broadcast_model
 from recbole_ext.trainer.base import PluginTrainerMixin
@@ -34,6 +36,11 @@ def overridden(config, **values):
             config[key] = value
 
 
+def trains_fm(config) -> bool:
+    """Whether the run trains an FM first: ``stage: both`` without a ``pretrain_path`` (which is the warm start)."""
+    return config["stage"] == "both" and not config["pretrain_path"]
+
+
 class FMStageTrainer(PluginTrainerMixin, Trainer):
     """RecBole's trainer for the FM stage (the plugin's progress line and timings included)."""
 
@@ -50,13 +57,13 @@ class IFMTrainer(PluginTrainerMixin, Trainer):
 
     @staticmethod
     def max_epochs(config) -> int:
-        return config["epochs"] + ((config["fm_epochs"] or config["epochs"]) if config["stage"] == "both" else 0)
+        return config["epochs"] + ((config["fm_epochs"] or config["epochs"]) if trains_fm(config) else 0)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        if self.config["stage"] != "both":
+        if not trains_fm(self.config):
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         config, name = self.config, self.config["model"]
-        fm = get_model("FM")(config, train_data._dataset).to(config["device"])
+        fm = reference_fm(get_model("FM")(config, train_data._dataset), config).to(config["device"])
         if config["loss_type"] == "MSE":  # the reference's FM regresses the ±1 labels on its raw score
             regress_raw_score(fm)
         fm_epochs = config["fm_epochs"] or config["epochs"]

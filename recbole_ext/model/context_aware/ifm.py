@@ -1,8 +1,8 @@
 """IFM, INN and DeepIFM: the *Interaction-aware* Factorization Machines.
 
 Hong, Huang and Chen, "Interaction-Aware Factorization Machines for Recommender Systems", AAAI 2019 (official code:
-cstur4/interaction-aware-factorization-machines, ``code/IFM.py``, ``code/INN.py``, ``code/deepIFM/sifm_network.py``;
-specs/ifm.md). Not the "Input-aware FM" (Yu et al., IJCAI'19) that DeepCTR and others call IFM.
+cstur4/interaction-aware-factorization-machines, ``code/IFM.py``, ``code/INN.py``, ``code/FM.py``,
+``code/deepIFM/sifm_network.py``). Not the "Input-aware FM" (Yu et al., IJCAI'19) that DeepCTR and others call IFM.
 
 Every field pair's interaction vector ``q_p = e_i ⊙ e_j`` is weighted twice: by an instance-dependent attention over
 the pairs (feature aspect) and by a field-pair prototype ``u_p`` (field aspect); see
@@ -13,18 +13,24 @@ the pairs (feature aspect) and by a field-pair prototype ``u_p`` (field aspect);
 * **INN**: the P weighted vectors ``a_p q_p ⊙ u_p`` concatenated through an MLP (one hidden layer of 5, as INN.py).
 * **DeepIFM**: IFM's logit + a DNN (100-75-50, ReLU) on the concatenated field embeddings, the first-order part
   as its wide part; BCE, Adagrad lr 1e-3, gradient norm clipped at 50 (``clip_grad_norm``). The reference drops
-  out in every mode (its evaluation is random, specs/ifm.md §3.2): here dropout is off at evaluation.
+  out in every mode, evaluation included (so its evaluation AUC and served scores are random): here dropout is off
+  at evaluation.
 
 ``loss_type``: ``MSE`` (±1 regression as the paper, raw scores; clip them for RMSE with the ``ClippedRMSE``
 metric) or ``BCE`` (CTR, sigmoid scores). The reference's loss is ½·Σ over the batch; ours is the batch mean, so
 its L2 terms ``λ_a·½‖W‖² + λ_f·½(‖Φ‖² + ‖Ψ‖²)`` are scaled by 2/B (``reg_attention``, ``reg_field`` keep the
-reference's λ values; specs/ifm.md §7.2). ``pretrain_path`` starts from a trained RecBole ``FM`` checkpoint's
-embeddings and first-order part (the paper's FM warm start); ``stage: both`` trains that FM first in the same run
-(:mod:`recbole_ext.trainer.ifm`). ``pair_sample_ratio`` > 0 turns on DeepIFM's sampling
-trick (off by default: the reference never runs it) after ``sample_warmup_steps`` training steps.
+reference's λ values). ``pair_sample_ratio`` > 0 turns on DeepIFM's sampling trick (off by default: the reference
+never runs it) after ``sample_warmup_steps`` training steps.
 
-    python run_recbole_ext.py --model=IFM --dataset=ml-1m --protocol=ctr
-    python run_recbole_ext.py --model=IFM --dataset=ml-1m --protocol=ctr --stage=both   # FM, then IFM from it
+**FM warm start**, the paper's recipe (the reference README trains ``FM.py`` and then runs ``IFM.py --pretrain 1``,
+which starts from the FM's embeddings V, biases w and global bias w0): IFM and INN default to ``stage: both``, which
+trains the reference FM first in the same run (:func:`reference_fm`, :mod:`recbole_ext.trainer.ifm`) and copies its
+embeddings and first-order part into the model. ``pretrain_path`` starts from a saved FM checkpoint instead (no FM
+stage then); ``stage: ifm`` trains the model alone, from scratch unless ``pretrain_path`` is set. DeepIFM defaults
+to ``stage: ifm``: its reference (``SIFMNetwork``) has no FM pretraining.
+
+    python run_recbole_ext.py --model=IFM --dataset=ml-1m --protocol=ctr                # FM, then IFM from it
+    python run_recbole_ext.py --model=IFM --dataset=ml-1m --protocol=ctr --stage=ifm    # no warm start
     python run_recbole_ext.py --model=IFM --dataset=frappe --protocol=libfm   # after --convert=libfm
 """
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import ContextRecommender
+from recbole.model.layers import BaseFactorizationMachine
 from torch import nn
 
 from recbole_ext.model.layers import InteractionAwarePairs, relu_mlp
@@ -62,16 +69,46 @@ def warm_start(model: nn.Module, path: str, dataset_name: str) -> int:
     return len(theirs)
 
 
+class ReferenceBiInteraction(nn.Module):
+    """The reference FM.py's second-order part: ``Σ_k Dropout(BN(½[(Σ_m e_m)² − Σ_m e_m²]))_k``. Its batch norm is
+    TF's contrib ``batch_norm`` on the K channels (decay 0.9, i.e. momentum 0.1; ε 1e-3; centred and scaled; batch
+    statistics in training, moving ones at evaluation); its dropout (``--keep``) follows the norm and is off at
+    evaluation. Without either it is RecBole's ``BaseFactorizationMachine``.
+
+    e: [B, M, K] -> [B, 1]
+    """
+
+    def __init__(self, embedding_size: int, batch_norm: bool, dropout: float):
+        super().__init__()
+        self.bi_interaction = BaseFactorizationMachine(reduce_sum=False)
+        self.norm = nn.BatchNorm1d(embedding_size, eps=1e-3, momentum=0.1) if batch_norm else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.norm(self.bi_interaction(e))).sum(-1, keepdim=True)
+
+
+def reference_fm(fm: nn.Module, config) -> nn.Module:
+    """In place: RecBole's ``FM`` with the reference FM.py's batch norm (``fm_batch_norm``) and dropout
+    (``fm_dropout``) on its Bi-Interaction vector. The warm start copies only the embeddings and the first-order
+    part, as ``IFM.py --pretrain 1`` reads only V, w and w0: the norm's tensors stay in the FM. -> the model"""
+    fm.fm = ReferenceBiInteraction(fm.embedding_size, config["fm_batch_norm"], config["fm_dropout"])
+    return fm
+
+
 class IFM(ContextRecommender):
     r"""IFM (Interaction-aware FM, AAAI'19). Config keys: ``embedding_size`` (K), ``attention_size`` (t),
     ``field_factor_size`` (k_F), ``temperature`` (T), ``attention_activation`` (relu | tanh),
     ``attention_dropout``, ``interaction_dropout``, ``reg_attention`` (λ_a), ``reg_field`` (λ_f), ``loss_type``
-    (MSE | BCE), ``field_groups``, ``pair_sample_ratio``, ``sample_warmup_steps``, ``pretrain_path``."""
+    (MSE | BCE), ``field_groups``, ``pair_sample_ratio``, ``sample_warmup_steps``, ``pretrain_path``; the FM warm
+    start's ``stage`` (both | ifm), ``fm_epochs``, ``fm_learner``, ``fm_learning_rate``, ``fm_batch_norm``,
+    ``fm_dropout`` (:mod:`recbole_ext.trainer.ifm`)."""
 
     config_choices = {"loss_type": ("MSE", "BCE"), "attention_activation": ("relu", "tanh"), "stage": ("ifm", "both")}
     config_ranges = {"attention_size": "[1, inf)", "field_factor_size": "[1, inf)", "temperature": "(0, inf)",
                      "attention_dropout": "[0, 1)", "interaction_dropout": "[0, 1)", "reg_attention": "[0, inf)",
-                     "reg_field": "[0, inf)", "pair_sample_ratio": "[0, 1]", "sample_warmup_steps": "[0, inf)"}
+                     "reg_field": "[0, inf)", "pair_sample_ratio": "[0, 1]", "sample_warmup_steps": "[0, inf)",
+                     "fm_dropout": "[0, 1)"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

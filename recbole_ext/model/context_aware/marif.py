@@ -1,8 +1,8 @@
 """MARIF: CTR from multi-aspect rating-feedback histories of the user and of the item, plus profiles.
 
 Wang et al., "MARF: User-Item Mutual Aware Representation with Feedback", ICWE 2022 (preprint and official code:
-qinqinwang95113/MARIF, ``deepTrans/SeqMixModel_All_ContantNoGRU_Sample.py``, "MARIF ... with Instant Feedback";
-specs/marif.md). Pointwise CTR on explicit ratings (``protocol: ctr``): no attention, no GRU, no embedding of the
+qinqinwang95113/MARIF, ``deepTrans/SeqMixModel_All_ContantNoGRU_Sample.py``, "MARIF ... with Instant Feedback").
+Pointwise CTR on explicit ratings (``protocol: ctr``): no attention, no GRU, no embedding of the
 target user's or item's own id.
 
 * **User side**: N sampled (item, rating) pairs of the user's training history (:mod:`recbole_ext.data.history`,
@@ -15,9 +15,10 @@ target user's or item's own id.
 
 Faithful: Adam lr 1e-4, batch 1024, d 200, hidden 256, profile width 56, N 20, xavier-normal embedding tables and
 PyTorch's default Linear init. Deviations, each a config key: ``exclude_own_interaction`` (default True: a training
-row's own interaction is never in its history; the reference's False leaks the target's rating), evaluation
-histories drawn from a generator reseeded at every evaluation (repeatable; ``eval_num_samples`` > 1 averages
-logits over that many draws), model selection on valid AUC (the reference picks its best epoch on test).
+row's own interaction is never in its user or item history; False is the reference's mode, which samples the
+target's own rating into its features while training), evaluation histories drawn from a generator reseeded at
+every evaluation (repeatable; ``eval_num_samples`` > 1 averages logits over that many draws), model selection on
+valid AUC (the reference picks its best epoch on test).
 
     python run_recbole_ext.py --model=MARIF --dataset=ml-1m --protocol=ctr      # after --convert=ml-1m
 """

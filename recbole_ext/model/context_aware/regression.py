@@ -2,8 +2,8 @@
 
 RecBole's CTR models score a logit, train ``BCEWithLogitsLoss`` on 0/1 labels and predict its sigmoid. The IFM
 paper's baselines (FM, AFM, …) regress ±1 labels instead: squared error on the raw score, and the raw score as the
-prediction (clipped to [-1, 1] only by the ``ClippedRMSE`` metric), as libFM and the reference ``FM.py`` do
-(specs/ifm.md §5). For the models below, checked against RecBole 1.2.1's source, ``calculate_loss`` is
+prediction (clipped to [-1, 1] only by the ``ClippedRMSE`` metric), as libFM and the reference ``FM.py`` do.
+For the models below, checked against RecBole 1.2.1's source, ``calculate_loss`` is
 ``self.loss(self.forward(x), label)`` plus an optional regulariser and ``predict`` is ``sigmoid(forward(x))``, so
 swapping the loss and the prediction on the instance is the whole change; the regularisers stay as they are.
 

@@ -7,12 +7,13 @@ diversity-controllable aggregation off, λ = 0, as in ReChorus's ComiRec, the Ti
   embeddings; the interests aggregate the raw item embeddings, as the official code does).
 * Training: the interest closest (dot product) to the target is the user vector; BPR with one sampled
   negative (``loss_type: BPR``, the ReChorus baseline), softmax over all items (``loss_type: CE``) or a sampled
-  softmax over ``n_negatives`` negatives shared by the batch (``loss_type: SSM``, the ComiRec/Re4 protocol).
+  softmax over ``n_negatives`` negatives shared by the batch (``loss_type: SSM``, the ComiRec/Re4 protocol; with
+  ``neg_distribution: uniform`` none of them is a target of the batch, as in the official Re4 code).
 * Inference: each item is scored by its best interest (``max_k <v_k, e_i>``), one batched matmul.
 
 Reproduce the ReChorus Grocery baseline (99 fixed negatives, HR/NDCG@5)::
 
-    python run_recbole_ext.py --convert=rechorus --src=../shared/data/Grocery_and_Gourmet_Food --dataset=grocery
+    python run_recbole_ext.py --convert=rechorus --src=PATH/Grocery_and_Gourmet_Food --dataset=grocery
     python run_recbole_ext.py --model=ComiRec --dataset=grocery --n_interests=4 --learning_rate=1e-3
 """
 

@@ -1,13 +1,14 @@
-"""MFN: the Macro-Micro Fusion Network (Bian et al., "Modeling Users' Macro and Micro Behaviors on Mobile Apps",
-WWW'21, DOI 10.1145/3442381.3450109). The official repository (fancybian/Macro-Micro-Fusion-Network) does not
-contain the model, so this is the reconstruction of specs/mfn.md from the paper's figure and README; every choice
-the figure does not fix is a config key with the spec's default ([I] in the spec).
+"""MFN: the Macro-Micro Fusion Network (Bian, Zhao, Zhou, Chen, Cai, He, Luo and Wen, "A Novel Macro-Micro Fusion
+Network for User Representation Learning on Mobile Apps", WWW'21, DOI 10.1145/3442381.3450109). The official
+repository (fancybian/Macro-Micro-Fusion-Network) does not contain the model, so this is a reconstruction from the
+paper's architecture figure and the repository's README; every choice they do not fix is a config key (marked [I]
+in ``properties/model/MFN.yaml``).
 
 * **Views**: a macro sequence of (app, app category, time) from the user's ``.user`` fields and the micro sequence of
   items (RecBole's ``item_id_list``, categories looked up from ``item_cate_field``), each through its own
   post-LN Transformer (2 layers, 2 heads, GELU, d 200) with position embeddings;
   the last valid position gives u_g and u_l. Macro events at or after the row's time (``TIME_FIELD``: the target's
-  time for next-item rows, the observation cutoff for user rows) are masked before encoding (the leakage rule, §5.4).
+  time for next-item rows, the observation cutoff for user rows) are masked before encoding (no future leaks in).
 * **Category alignment**: each view's *input* embeddings mean-pooled per category (T_g [B, Cg, d], T_l [B, Cl, d]),
   the affinity ``M = tanh(T_g W_b T_lᵀ)`` over present categories, pooled into m by ``align_pool``: ``conv``
   (Conv 3x3, 16 filters, max-pool 4x4, Linear), or ``attn`` (Σ softmax(M) T_g ⊙ T_l, independent of category order).
@@ -128,7 +129,8 @@ class MFN(SequentialRecommender):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """N(0, 0.02) for embeddings, linears and the bilinear matrices; LayerNorm 1 / 0 (the spec's §2.8)."""
+        """N(0, 0.02) for embeddings, linears and the bilinear matrices; LayerNorm 1 / 0 (as the official repository's
+        ``init_weights``)."""
         if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
             module.weight.data.normal_(0.0, 0.02)
         if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:

@@ -2,13 +2,14 @@
 
 Zhang et al., "Re4: Learning to Re-contrast, Re-attend, Re-construct for Multi-interest Recommendation", WWW 2022
 (official code: DeerSheep0314/Re4-Learning-to-Re-contrast-Re-attend-Re-construct-for-Multi-interest-Recommendation,
-``src/model.py``; specs/re4.md).
+``src/model.py``).
 
 Forward flow, as the official code (not vanilla ComiRec-SA): item embeddings E of the history, newest first;
 attention ``A = softmax_L(W_k · tanh(W1 e_j))`` (H = 256, no biases, no position embedding); interests
 ``Z = A · (E W2)``; matching vectors ``U = tanh(fc1(Z))``. Training reads out the interest of U closest to the
-target and scores it by a sampled softmax (5000 negatives shared by the batch, ``loss_type: SSM``) or a full
-softmax (``CE``); retrieval scores every item by its best interest of U. Three backward flows act on Z:
+target and scores it by a sampled softmax (``loss_type: SSM``: 5000 negatives shared by the batch, drawn uniformly
+from the items that are no target of the batch, as the reference) or a full softmax (``CE``); retrieval scores
+every item by its best interest of U. Three backward flows act on Z:
 
 * **ReAttend** (``att_lambda``): the attention should agree with the matching score: cross-entropy from
   ``softmax_j <z_k, e_j>`` to A (no stop-gradient, as the reference);
@@ -20,8 +21,9 @@ softmax (``CE``); retrieval scores every item by its best interest of U. Three b
 
 A weight of 0 removes its term and its computation (and the decoder's parameters); all three at 0 is the
 ComiRec-SA baseline of the Re4 comparison. The losses average over every (user, interest, slot), zero slots
-included, as the reference does (specs/re4.md §2, gotcha 8). Initialisation as the reference: N(0, 1) for the
-item table and the bias-free matrices, PyTorch's default for fc1 and the decoder's input layer.
+included, as the reference does (a mean over the positives only would change what the weights mean).
+Initialisation as the reference: N(0, 1) for the item table and the bias-free matrices, PyTorch's default for fc1
+and the decoder's input layer.
 
     python run_recbole_ext.py --model=Re4 --dataset=ml-100k
 """

@@ -1,7 +1,7 @@
 """TiMiRec: target-interest distillation for multi-interest recommendation.
 
 Wang et al., "Target Interest Distillation for Multi-Interest Recommendation", CIKM 2022
-(reference code: THUwangcy/ReChorus, branch CIKM22, src/models/sequential/TiMiRec.py; specs/timirec.md).
+(reference code: THUwangcy/ReChorus, branch CIKM22, src/models/sequential/TiMiRec.py).
 
 Two stages in one run (``stage: both``, :class:`recbole_ext.trainer.timirec.TiMiRecTrainer`):
 

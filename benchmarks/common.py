@@ -141,6 +141,31 @@ def mean_std_table(frame, keys: list[str], cols: list[str], spread: tuple[str, .
         rows.append([*map(str, key), str(len(group)), *cells])
     header = [*keys, "seeds", *cols]
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(r) + " |" for r in rows]) + "\n\n" + stamps_of(ok)
+
+
+def paired_table(frame, keys: list[str], label: str, pairs: list[tuple[str, str]], metrics: list[str]) -> str:
+    """Markdown: for each (other, base) pair of ``label`` values, ``other − base`` per seed on each metric (the
+    seeds both ran, same ``keys``), with the mean and std of the differences and the per-seed values."""
+    import pandas as pd
+
+    ok = frame[frame.status == "ok"]
+    rows = []
+    for key, group in ok.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for other, base in pairs:
+            a = group[group[label] == other].drop_duplicates("seed", keep="last").set_index("seed")
+            b = group[group[label] == base].drop_duplicates("seed", keep="last").set_index("seed")
+            seeds = sorted(set(a.index) & set(b.index))
+            if not seeds:
+                continue
+            cells = []
+            for m in metrics:
+                diff = pd.Series([a.loc[s, m] - b.loc[s, m] for s in seeds])
+                cells.append(f"{diff.mean():+.4f} ± {diff.std(ddof=0):.4f} ({', '.join(f'{d:+.4f}' for d in diff)})")
+            rows.append([*map(str, key), f"{other} − {base}", str(len(seeds)), *cells])
+    header = [*keys, "difference", "seeds", *metrics]
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(r) + " |" for r in rows])
 
 
@@ -220,6 +245,9 @@ def parse(ap, name: str, one_run, summarise):
     add_src(ap)
     ap.add_argument("--out", default=str(root / "docs" / "results"))
     ap.add_argument("--summarise_only", action="store_true", help=f"rebuild {name}.md from {name}.csv")
+    ap.add_argument("--time_budget", type=float, default=None,
+                    help="seconds per training stage: a safety net that stops a run at its next validation (the row's "
+                         "stop column says so); early stopping is the rule, --max_epochs the cap")
     args = ap.parse_args()
     if args.one:
         print("RESULT " + json.dumps(one_run(json.loads(args.one))), flush=True)
@@ -264,6 +292,7 @@ def measured_run(spec: dict, curve_key: str) -> tuple[dict, dict]:
     curve.write_text(json.dumps({curve_key: result["valid_scores"]}))
     return result, {
         "epochs": result["epochs"],
+        "stop": result["stop"],
         "parameters": counted["parameters"],
         "s/epoch_train": sum(result["train_seconds"]) / max(len(result["train_seconds"]), 1),
         "s/epoch_eval": sum(result["valid_seconds"]) / max(len(result["valid_seconds"]), 1),
@@ -283,10 +312,56 @@ def ensure_ml1m_half(data_path, src) -> None:
         convert_ml1m(raw_data(src, "ml-1m-first-half"), data_path, "ml-1m-half")
 
 
+def cpu_name() -> str:
+    """``lscpu``'s model name (the CPU a number was measured on), else the platform's word for it."""
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def commit() -> str:
+    """The short hash of the code a row was measured with (``+dirty`` when the tree had uncommitted changes)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "recbole_ext", "properties"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def stamp() -> dict:
+    """What every result row carries: commit, CPU, date."""
+    import datetime
+
+    return {"commit": commit(), "cpu": cpu_name(), "date": datetime.date.today().isoformat()}
+
+
 def machine() -> str:
+    import os
     import platform
 
-    return f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, CPU only"
+    return f"{cpu_name()} ({os.cpu_count()} CPUs), Python {platform.python_version()}, CPU only"
+
+
+def stamps_of(frame) -> str:
+    """One line naming the commits, CPUs and dates of a page's rows."""
+    parts = []
+    for col, label in (("commit", "commits"), ("cpu", "CPUs"), ("date", "dates")):
+        if col in frame:
+            values = sorted({str(v) for v in frame[col].dropna()})
+            parts.append(f"{label}: {', '.join(values) or 'not recorded'}")
+    return "Rows measured at " + "; ".join(parts) + "." if parts else ""
 
 
 def write_page(out, name: str, title: str, intro: str, table: str, reference: str, curve_metric: str) -> str:
@@ -310,7 +385,9 @@ def grid(script: str, name: str, args, data_path, out, csv, protocol: str, runs:
             for tag, (model, settings, extra) in runs.items():
                 config = {**base_config(data_path, protocol, seed, args.max_epochs), **settings}
                 curve = out / "curves" / f"{name}_{dataset}_{tag.replace(' ', '-')}_e{args.max_epochs}_seed{seed}.json"
-                row = {"dataset": dataset, label: tag, "seed": seed, "max_epochs": args.max_epochs, **extra,
+                if getattr(args, "time_budget", None):
+                    config["time_budget"] = args.time_budget
+                row = {"dataset": dataset, label: tag, "seed": seed, "max_epochs": args.max_epochs, **extra, **stamp(),
                        **launch(script, "--one", json.dumps({"model": model, "dataset": dataset, "config": config,
                                                              "curve": str(curve.resolve())}))}
                 print(json.dumps(row), flush=True)

@@ -10,8 +10,11 @@ Each run is a fresh subprocess through ``recbole_ext.run``; it also times 20 tra
 (``s/epoch_1thread``, scaled to the epoch's batch count). Writes ``docs/results/re4.csv`` (one row per run, added to
 earlier ones), ``docs/results/re4.md`` (mean ± std over seeds) and ``docs/results/re4_curves.png``.
 
-    python benchmarks/re4.py --datasets ml-1m-half --variants ComiRec-SA Re4 --seeds 0 1 2 --max_epochs 6
-    python benchmarks/re4.py --datasets ml-100k --max_epochs 3
+    python benchmarks/re4.py --datasets ml-1m-half --variants ComiRec-SA Re4 --seeds 0 --max_epochs 3
+    python benchmarks/re4.py --datasets ml-100k --variants ComiRec-SA Re4 --seeds 0 1 2 --max_epochs 300 --time_budget 3600
+
+With a large ``--max_epochs`` a run ends by RecBole's early stopping (``stopping_step`` valid checks without
+improvement; the ``stop`` column says which rule ended it, ``time_budget`` if the safety net did).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import ensure_ml1m_half, grid, mean_std_table, measured_run, parse, write_page
+from common import ensure_ml1m_half, grid, mean_std_table, measured_run, paired_table, parse, write_page
 
 OFF = {"att_lambda": 0.0, "ct_lambda": 0.0, "cs_lambda": 0.0}
 VARIANTS = {  # Re4.yaml defaults otherwise (the official code's: K 8, d 64, batch 1024, lr 3e-3, 5000 negatives)
@@ -49,8 +52,18 @@ def one_run(spec: dict) -> dict:
 
 def summarise(frame: pd.DataFrame, out: Path) -> str:
     cols = ["epochs", "valid_recall@50", *(f"test_{m}" for m in METRICS), "s/epoch_train", "s/epoch_1thread",
-            "s/epoch_eval", "peak_rss_mb"]
-    table = mean_std_table(frame, ["dataset", "variant", "max_epochs"], cols, ("test", "valid"))
+            "s/epoch_eval", "wall_s", "peak_rss_mb"]
+    cols = [c for c in cols if c in frame]
+    keys = ["dataset", "variant", "max_epochs"]
+    table = mean_std_table(frame, keys, cols, ("test", "valid"))
+    if "stop" in frame:
+        stops = frame.groupby(keys, sort=False)["stop"].agg(lambda s: ", ".join(f"{k} ×{n}" for k, n in
+                                                                            s.value_counts().items()))
+        table += "\n\nWhat ended each run: " + "; ".join(f"{' '.join(map(str, k))}: {v}" for k, v in stops.items())
+    pairs = [(v, "ComiRec-SA") for v in VARIANTS if v != "ComiRec-SA"]
+    table += ("\n\n## Paired per-seed differences (variant − ComiRec-SA, same seed)\n\n"
+              + paired_table(frame, ["dataset", "max_epochs"], "variant", pairs,
+                             ["test_recall@50", "test_ndcg@50", "test_hit@50", "test_comirecndcg@50"]))
     intro = ("Test metrics of the "
             f"valid users' best Recall@50 epoch, mean ± std over seeds; `recall`, `ndcg`, `hit` are RecBole's "
             f"formulas over each test user's 20 % of targets, `comirecndcg` is ComiRec's paper-branch NDCG (the one "

@@ -174,6 +174,7 @@ def run(model: str | None, dataset: str | None, config_file_list: list[str] | No
         "valid_seconds": trainer.valid_seconds,
         "valid_scores": trainer.valid_curve,
         "stage_epochs": trainer.stage_epochs,
+        "stop": getattr(trainer, "stop_reason", None),  # epochs | stopping_step | stopping_rule | time_budget
     }
 
 

@@ -200,10 +200,14 @@ class PluginTrainerMixin:
             if budget and self._agreed(perf_counter() - started > budget):
                 raise _Stop(f"time_budget of {budget}s reached")
 
+        first = len(self.train_seconds)
         try:
             super().fit(train_data, valid_data, verbose, saved, show_progress, callback)
+            ran = len(self.train_seconds) - first  # RecBole's own rule ends fit early without telling why
+            self.stop_reason = "epochs" if self.start_epoch + ran >= self.epochs else "stopping_step"
         except _Stop as stop:
             self.logger.info(f"Finished training: {stop}")
+            self.stop_reason = "time_budget" if str(stop).startswith("time_budget") else "stopping_rule"
         self._save_resume(self.epochs - 1, finished=True)
         return self.best_valid_score, self.best_valid_result
 

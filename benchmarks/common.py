@@ -144,6 +144,17 @@ def mean_std_table(frame, keys: list[str], cols: list[str], spread: tuple[str, .
                      + ["| " + " | ".join(r) + " |" for r in rows]) + "\n\n" + stamps_of(ok)
 
 
+def stops_line(frame, keys: list[str]) -> str:
+    """One line: what ended the runs of each group (``epochs`` = the cap, ``stopping_step`` / ``stopping_rule`` =
+    early stopping, ``time_budget`` = the safety net)."""
+    if "stop" not in frame:
+        return ""
+    ok = frame[frame.status == "ok"]
+    stops = ok.groupby(keys, sort=False)["stop"].agg(
+        lambda s: ", ".join(f"{k} ×{n}" for k, n in s.fillna("not recorded").value_counts().items()))
+    return "What ended each run: " + "; ".join(f"{' '.join(map(str, k))}: {v}" for k, v in stops.items()) + "."
+
+
 def paired_table(frame, keys: list[str], label: str, pairs: list[tuple[str, str]], metrics: list[str]) -> str:
     """Markdown: for each (other, base) pair of ``label`` values, ``other − base`` per seed on each metric (the
     seeds both ran, same ``keys``), with the mean and std of the differences and the per-seed values."""

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import ensure_ml1m_half, grid, mean_std_table, measured_run, paired_table, parse, write_page
+from common import (ensure_ml1m_half, grid, mean_std_table, measured_run, paired_table, parse, stops_line,
+                    write_page)
 
 OFF = {"att_lambda": 0.0, "ct_lambda": 0.0, "cs_lambda": 0.0}
 VARIANTS = {  # Re4.yaml defaults otherwise (the official code's: K 8, d 64, batch 1024, lr 3e-3, 5000 negatives)
@@ -56,10 +57,7 @@ def summarise(frame: pd.DataFrame, out: Path) -> str:
     cols = [c for c in cols if c in frame]
     keys = ["dataset", "variant", "max_epochs"]
     table = mean_std_table(frame, keys, cols, ("test", "valid"))
-    if "stop" in frame:
-        stops = frame.groupby(keys, sort=False)["stop"].agg(lambda s: ", ".join(f"{k} ×{n}" for k, n in
-                                                                            s.value_counts().items()))
-        table += "\n\nWhat ended each run: " + "; ".join(f"{' '.join(map(str, k))}: {v}" for k, v in stops.items())
+    table += "\n\n" + stops_line(frame, keys)
     pairs = [(v, "ComiRec-SA") for v in VARIANTS if v != "ComiRec-SA"]
     table += ("\n\n## Paired per-seed differences (variant − ComiRec-SA, same seed)\n\n"
               + paired_table(frame, ["dataset", "max_epochs"], "variant", pairs,

@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--gpus_per_trial", type=float, default=0)
     t.add_argument("--grace_period", type=int, default=1, help="epochs before a trial may be stopped")
     t.add_argument("--ray_address", default=None, help="connect to a running Ray cluster (e.g. auto or HOST:6379)")
-    t.add_argument("--storage_path", default="ray_results", help="where sweep folders go (default ray_results/)")
+    t.add_argument("--storage_path", default=None, help="where sweep folders go (default ray_results/); with "
+                   "--distributed alone: where Ray keeps the run (default checkpoint_dir)")
     return p
 
 
@@ -123,7 +124,7 @@ def _sweep(args: argparse.Namespace, dataset: str, files: list[str] | None, fixe
                        num_samples=args.num_samples, scheduler=args.scheduler, search=args.search,
                        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=args.gpus_per_trial, grace_period=args.grace_period,
-                       ray_address=args.ray_address, storage_path=args.storage_path,
+                       ray_address=args.ray_address, storage_path=args.storage_path or "ray_results",
                        workers_per_trial=args.distributed or 1)
     print_summary(result)
     return 0
@@ -156,8 +157,11 @@ def _use_parser(command: str) -> argparse.ArgumentParser:
 def _use(command: str, argv: list[str]) -> int:
     """``recommend`` / ``export``: a trained model, raw ids in and out."""
     args = _use_parser(command).parse_args(argv)
+    from recbole_ext.files import check_writable
     from recbole_ext.inference import TrainedModel, write_embeddings
 
+    if args.output:  # before the checkpoint is loaded and scored, not after
+        check_writable(Path(args.output).parent, "--output")
     if command == "recommend":
         if args.output and Path(args.output).suffix not in (".csv", ".json"):
             raise UsageError(f"--output={args.output}: write .csv or .json")
@@ -169,8 +173,13 @@ def _use(command: str, argv: list[str]) -> int:
             users = [u.strip() for u in args.users.split(",") if u.strip()]
         if not users:
             raise UsageError("no users given")
-        table = TrainedModel(args.checkpoint, args.device).recommend(users, args.k, args.exclude_history)
+        table = TrainedModel(args.checkpoint, args.device).recommend(users, args.k, args.exclude_history, warn=False)
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if table.attrs["fewer_than_k"]:  # once, after the table, on stderr
+            from recbole_ext.inference import fewer_rows_message
+
+            print(f"warning: {fewer_rows_message(table.attrs['fewer_than_k'], len(set(users)), args.k)}",
+                  file=sys.stderr)
         if args.output:
             from recbole_ext.files import replace_file
 
@@ -220,6 +229,9 @@ def _train(args: argparse.Namespace, fixed: dict) -> int:
     import recbole_ext
 
     sys.argv = sys.argv[:1]  # RecBole's Config would parse sys.argv again: the flags arrive as config_dict
+    if args.distributed is not None and args.distributed < 1:  # 0 used to train one process without a word
+        raise UsageError(f"--distributed={args.distributed}: give at least 1 worker, or leave the flag out to train "
+                         "in one process")
     if args.data_path:
         fixed["data_path"] = args.data_path
     files = args.config_files.split() if args.config_files else None

@@ -177,15 +177,40 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def visible_resources(ray_address: str | None = None) -> tuple[float, float, str]:
+    """(CPUs, GPUs, where) that Ray schedules on: the running Ray's or, given ``ray_address``, the cluster's
+    (connecting to it), else this machine's, which a local ``ray.init()`` takes."""
+    import ray
+
+    if not ray.is_initialized() and ray_address:
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+    if ray.is_initialized():
+        total = ray.cluster_resources()
+        return float(total.get("CPU", 0)), float(total.get("GPU", 0)), "the Ray cluster"
+    return float(os.cpu_count() or 1), float(torch.cuda.device_count()), "this machine"
+
+
+def check_resources(cpus: float, gpus: float, what: str, fix: str, ray_address: str | None = None) -> None:
+    """Fail in one line when ``cpus`` / ``gpus`` exceed what Ray sees: Ray would wait for them forever, silently.
+    ``what``: the request as the user wrote it; ``fix``: what to change."""
+    have_cpus, have_gpus, where = visible_resources(ray_address)
+    for kind, need, have in (("CPUs", cpus, have_cpus), ("GPUs", gpus, have_gpus)):
+        if need > have:
+            raise ValueError(f"{what} needs {need:g} {kind}, but {where} has {have:g}; {fix} (Ray would wait for "
+                             "them forever)")
+
+
 def run_distributed(model: str, dataset: str, config_file_list: list[str] | None = None,
                     config_dict: dict | None = None, *, workers: int = 2, use_gpu: bool = False,
                     cpus_per_worker: float = 1, ray_address: str | None = None,
-                    storage_path: str | Path = "ray_results", name: str | None = None, max_failures: int = 0,
+                    storage_path: str | Path | None = None, name: str | None = None, max_failures: int = 0,
                     worker_callback: Callable[[int, int, float], None] | None = None,
                     callbacks: list | None = None) -> dict:
     """Train ``model`` on ``dataset`` with ``workers`` data-parallel Ray Train workers; see the module docstring.
     ``worker_callback(rank, epoch, valid_score)`` runs in every worker after every validation (tests use it);
-    ``callbacks``: Ray Train callbacks (a sweep passes Tune's ``TuneReportCallback``)."""
+    ``callbacks``: Ray Train callbacks (a sweep passes Tune's ``TuneReportCallback``); ``storage_path``: where Ray
+    keeps the run and its checkpoints (default: the run's ``checkpoint_dir``). A worker group larger than the CPUs
+    (GPUs) Ray sees fails here, in one line: Ray would wait for it forever."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -195,6 +220,8 @@ def run_distributed(model: str, dataset: str, config_file_list: list[str] | None
 
     if workers < 1:
         raise ValueError(f"distributed: {workers} workers; give at least 1")
+    if cpus_per_worker <= 0:
+        raise ValueError(f"cpus_per_worker: {cpus_per_worker:g}; give a positive number of CPUs")
     compat.sanitize_argv()
     config_dict = dict(config_dict or {})
     base = build_config(model, dataset, config_file_list, {**config_dict, "distributed_workers": workers})
@@ -202,6 +229,10 @@ def run_distributed(model: str, dataset: str, config_file_list: list[str] | None
     if base["data_path"]:  # workers run in their own folders: absolute paths
         config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())
     config_file_list = [str(Path(f).resolve()) for f in config_file_list or []] or None
+    storage_path = storage_path or base["checkpoint_dir"]  # where the user keeps models, not ./ray_results
+    check_resources(workers * cpus_per_worker, workers if use_gpu else 0,
+                    f"--distributed={workers} with --cpus_per_worker={cpus_per_worker:g}" + " and --use_gpu" * use_gpu,
+                    "use fewer workers or fewer CPUs per worker", ray_address)
     if not ray.is_initialized():  # the workers apply the compat shims themselves (a setup hook costs ~9 s a run here)
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
     job = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,

@@ -6,6 +6,10 @@
     python run_recbole_ext.py recommend --checkpoint=PATH --users=196,186 --k=10 --exclude_history [--output=top.csv]
     python run_recbole_ext.py export --checkpoint=PATH --what=items|users|interests --format=npy|parquet|csv --output=F
 
+``exclude_history`` leaves out every item of the user in the dataset's atomic ``.inter`` file(s), rows a protocol
+dropped included (protocol ctr drops ratings of 3), and the padding item: a user with fewer than k items left gets
+fewer rows (one :class:`FewerRows` warning counts such users). A user listed twice is answered once.
+
 A checkpoint is rebuilt the way RecBole's ``load_data_and_model`` does (its saved config -> dataset -> model), for
 every model the package runs, RecBole's own included:
 
@@ -29,6 +33,7 @@ source you trust.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +43,20 @@ from recbole.data.interaction import Interaction
 from recbole.utils import ModelType, init_seed
 
 from recbole_ext import registry
+from recbole_ext.checkpoints import FINGERPRINT_KEY, check_unchanged, fingerprint, locate_data
 from recbole_ext.files import replace_file
 
 FORMATS = ("npy", "parquet", "csv")
 WHATS = ("items", "users", "interests")
+
+
+class FewerRows(UserWarning):
+    """``recommend(exclude_history=True)``: some users have fewer than k items they have not seen."""
+
+
+def fewer_rows_message(short: int, users: int, k: int) -> str:
+    return (f"recommend: {short} of {users} users have fewer than k={k} items left after excluding their history; "
+            "they get fewer rows")
 
 
 class TrainedModel:
@@ -62,8 +77,10 @@ class TrainedModel:
             raise ValueError(f"checkpoint: {path} is not a RecBole checkpoint (it has no config and state_dict)")
         config = self.config = state["config"]
         config["device"] = torch.device(device)
+        locate_data(config, path)
         init_seed(config["seed"], config["reproducibility"])  # the training run's split (MARIF's pools come from it)
         self.dataset = load_dataset(config)
+        check_unchanged(state.get(FINGERPRINT_KEY), fingerprint(config, self.dataset), path)  # before scoring
         # every interaction, before RecBole's build turns a sequential dataset's rows into (history, target) rows
         self.rows = self.dataset._dataframe_to_interaction(self.dataset.inter_feat)
         train = self.dataset.build()[0]  # the split the model was built on; no data loaders (no eval negatives to draw)
@@ -73,6 +90,7 @@ class TrainedModel:
         self.model = model.eval()
         self.uid, self.iid = self.dataset.uid_field, self.dataset.iid_field
         self._history = self._histories()
+        self._seen_index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # --- ids ---------------------------------------------------------------------------------------------------
     def user_ids(self, tokens) -> np.ndarray:
@@ -100,12 +118,48 @@ class TrainedModel:
         return items[order], order, np.searchsorted(sorted_users, ids, "left"), np.searchsorted(sorted_users, ids, "right")
 
     def seen(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row in the batch, item id) of every known interaction of the users."""
-        items, _, first, end = self._history
+        """(row in the batch, item id) of every interaction of the users: the dataset's rows and every row of its
+        atomic ``.inter`` file(s), also those RecBole's filters or the protocol dropped (a user who rated an item 3
+        has seen it, though protocol ctr drops the row as ambiguous)."""
+        if self._seen_index is None:  # built on first use: reading the raw files costs a pass over them
+            self._seen_index = self._seen_by_user()
+        items, first, end = self._seen_index
         counts = end[users] - first[users]
         rows = np.repeat(np.arange(len(users)), counts)
         offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         return rows, items[np.repeat(first[users], counts) + offsets]
+
+    def _seen_by_user(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(items sorted by user, first, end per user id) over the dataset's rows and the raw atomic rows."""
+        raw_users, raw_items = self._atomic_pairs()
+        users = np.concatenate([self.rows[self.uid].numpy(), raw_users])
+        items = np.concatenate([self.rows[self.iid].numpy(), raw_items])
+        order = np.argsort(users, kind="stable")
+        ids = np.arange(self.dataset.user_num)
+        return items[order], np.searchsorted(users[order], ids, "left"), np.searchsorted(users[order], ids, "right")
+
+    def _atomic_pairs(self, chunk: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+        """(user id, item id) of every row of the dataset's ``.inter`` file(s) (benchmark parts included), read as
+        RecBole reads them; a token the dataset does not know (its rows were all filtered out) cannot be recommended
+        and is skipped. No file (a dataset built in memory): nothing beyond the dataset's rows."""
+        folder, name = Path(self.dataset.dataset_path), self.dataset.dataset_name
+        parts = self.config["benchmark_filename"] or []
+        paths = [folder / f"{name}.{part}.inter" for part in parts] if parts else [folder / f"{name}.inter"]
+        sep, encoding = self.config["field_separator"], self.config["encoding"]
+        maps = {self.uid: self.dataset.field2token_id[self.uid], self.iid: self.dataset.field2token_id[self.iid]}
+        users, items = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for path in (p for p in paths if p.is_file()):
+            header = {column.split(":")[0]: column for column in
+                      pd.read_csv(path, sep=sep, nrows=0, encoding=encoding).columns}
+            if self.uid not in header or self.iid not in header:
+                continue
+            for part in pd.read_csv(path, sep=sep, usecols=[header[self.uid], header[self.iid]], dtype=str,
+                                    encoding=encoding, chunksize=chunk):  # C parser: ml-20m's rows in seconds
+                u, i = part[header[self.uid]].map(maps[self.uid]), part[header[self.iid]].map(maps[self.iid])
+                known = (u.notna() & i.notna()).to_numpy()
+                users.append(u.to_numpy()[known].astype(np.int64))
+                items.append(i.to_numpy()[known].astype(np.int64))
+        return np.concatenate(users), np.concatenate(items)
 
     def _sequential_input(self, users: np.ndarray) -> Interaction:
         items, order, first, end = self._history
@@ -153,30 +207,54 @@ class TrainedModel:
         return torch.cat(parts)
 
     @torch.no_grad()
-    def recommend(self, users, k: int = 10, exclude_history: bool = False, batch_size: int = 512) -> pd.DataFrame:
-        """Top-k items per user. -> DataFrame user, rank, item, score [, interest] (raw tokens)."""
+    def recommend(self, users, k: int = 10, exclude_history: bool = False, batch_size: int = 512,
+                  warn: bool = True) -> pd.DataFrame:
+        """Top-k items per user. -> DataFrame user, rank, item, score [, interest] (raw tokens).
+
+        A user given twice is answered once, in the order of first appearance. ``exclude_history``: none of the
+        user's items (:meth:`seen`) and never the padding item; a user with fewer than ``k`` items left gets fewer
+        rows, and one warning (``warn``) says how many users did; the count is also ``table.attrs["fewer_than_k"]``."""
         if k < 1:
             raise ValueError(f"k: {k} must be at least 1")
-        ids = self.user_ids(users)
-        k = min(k, self.dataset.item_num - 1)
-        frames = []
+        tokens = list(dict.fromkeys(str(t) for t in users))
+        ids = self.user_ids(tokens)
+        top_k = min(k, self.dataset.item_num - 1)
+        frames, short = [], 0
         for start in range(0, len(ids), batch_size):
             batch = ids[start:start + batch_size]
             interaction = self._input(batch)
-            scores = self.scores(batch, interaction)
-            if exclude_history:
-                rows, items = self.seen(batch)
-                scores[torch.as_tensor(rows), torch.as_tensor(items)] = -torch.inf
-            top = scores.topk(k, dim=1)
-            frame = {"user": np.repeat(self._tokens(self.uid, batch), k), "rank": np.tile(np.arange(1, k + 1), len(batch)),
-                     "item": self._tokens(self.iid, top.indices.cpu().numpy().ravel()),
-                     "score": top.values.cpu().numpy().ravel()}
-            if hasattr(self.model, "interest_vectors"):
-                interests = self.model.interest_vectors(interaction)  # [B, K, d]
-                vectors = self._item_table()[top.indices]  # [B, k, d]
-                frame["interest"] = torch.einsum("bkd,bjd->bjk", interests, vectors).argmax(-1).cpu().numpy().ravel()
-            frames.append(pd.DataFrame(frame))
-        return pd.concat(frames, ignore_index=True)
+            frame, fewer = self._top(batch, interaction, top_k, exclude_history)
+            frames.append(frame)
+            short += fewer
+        table = pd.concat(frames, ignore_index=True)
+        table.attrs["fewer_than_k"] = short
+        if short and warn:
+            warnings.warn(fewer_rows_message(short, len(ids), k), FewerRows, stacklevel=3)  # past no_grad
+        return table
+
+    def _top(self, batch: np.ndarray, interaction: Interaction, k: int,
+             exclude_history: bool) -> tuple[pd.DataFrame, int]:
+        """One batch's top-k rows and how many of its users had fewer than k allowed items."""
+        scores = self.scores(batch, interaction)
+        allowed = torch.ones_like(scores, dtype=torch.bool)
+        allowed[:, 0] = False  # the padding item is no item
+        if exclude_history:
+            rows, items = self.seen(batch)
+            allowed[torch.as_tensor(rows), torch.as_tensor(items)] = False
+        # every allowed item ranks above every excluded one, even an allowed -inf or NaN score: masking the excluded
+        # with -inf alone let topk fill a short row with them (the user's own items, or [PAD])
+        lowest = torch.finfo(scores.dtype).min
+        ranked = torch.where(allowed, scores.nan_to_num(nan=lowest, neginf=lowest), -torch.inf).topk(k, dim=1)
+        keep = (torch.arange(k, device=scores.device)[None] < allowed.sum(1, keepdim=True)).cpu().numpy()
+        indices = ranked.indices.cpu().numpy()
+        frame = {"user": np.repeat(self._tokens(self.uid, batch), k), "rank": np.tile(np.arange(1, k + 1), len(batch)),
+                 "item": self._tokens(self.iid, indices.ravel()),
+                 "score": scores.gather(1, ranked.indices).cpu().numpy().ravel()}
+        if hasattr(self.model, "interest_vectors"):
+            interests = self.model.interest_vectors(interaction)  # [B, K, d]
+            vectors = self._item_table()[ranked.indices]  # [B, k, d]
+            frame["interest"] = torch.einsum("bkd,bjd->bjk", interests, vectors).argmax(-1).cpu().numpy().ravel()
+        return pd.DataFrame(frame)[keep.ravel()], int((~keep[:, -1]).sum())
 
     # --- embeddings --------------------------------------------------------------------------------------------
     def _item_table(self) -> torch.Tensor:

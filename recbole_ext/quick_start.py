@@ -14,6 +14,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, init_logger, init_seed
 
 from recbole_ext import registry
+from recbole_ext.checkpoints import FINGERPRINT_KEY, check_unchanged, fingerprint, locate_data
 from recbole_ext.validation import read_mapping
 from recbole_ext.trainer.base import RESUME_SUFFIX, resolve_trainer
 
@@ -127,6 +128,7 @@ def run(model: str | None, dataset: str | None, config_file_list: list[str] | No
     if resume:
         checkpoint, state = resume_state(resume)
         config = state["config"]
+        locate_data(config, checkpoint)  # the trainer refuses the run if the data changed since (its resume files)
         for key, wanted in (("model", model), ("dataset", dataset)):
             if wanted is not None and config[key] != wanted:
                 raise ValueError(f"resume: {resume} is a run of {key} {config[key]!r}, not {wanted!r}; drop --{key} "
@@ -189,9 +191,14 @@ def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dic
         config, net, _, _, _, test_data = load(checkpoint)
         return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=False)
     saved = torch.load(checkpoint, map_location="cpu")
-    config = build_config(saved["config"]["model"], saved["config"]["dataset"], config_dict=config_dict)
+    stored = saved["config"]
+    locate_data(stored, checkpoint)
+    # the checkpoint's data folder unless config_dict names another (RecBole's data_path ends in the dataset's name)
+    config_dict = {"data_path": str(Path(stored["data_path"]).parent), **config_dict}
+    config = build_config(stored["model"], stored["dataset"], config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
-    net, _, _, test_data = _build(config)
+    net, train_data, _, test_data = _build(config)
+    check_unchanged(saved.get(FINGERPRINT_KEY), fingerprint(config, train_data._dataset), checkpoint)
     return resolve_trainer(config)(config, net).evaluate(test_data, load_best_model=True, model_file=checkpoint)
 
 
@@ -201,9 +208,11 @@ def load(model_file: str):
     its head). -> (config, model, dataset, train_data, valid_data, test_data)"""
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
+    locate_data(config, model_file)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     dataset, train_data, valid_data, test_data = _prepare(config)
+    check_unchanged(checkpoint.get(FINGERPRINT_KEY), fingerprint(config, dataset), model_file)  # before the weights
     model = registry.build_model(config, train_data._dataset)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))

@@ -166,7 +166,7 @@ def _wrap_config() -> None:
             raise ValueError(f"protocol libfm: {model} cannot regress ±1 labels; use IFM, INN, DeepIFM or one of "
                              f"RecBole's {', '.join(sorted(RAW_SCORE_MODELS))}, or 0/1 labels (protocol ctr)")
         validation.check(model, model_class, self.internal_config_dict, self.external_config_dict,
-                         set(self.variable_config_dict) | set(self.cmd_config_dict))
+                         set(self.variable_config_dict) | set(self.cmd_config_dict), dataset=dataset)
 
     _load_internal_config_dict._recbole_ext = True
     Config._load_internal_config_dict = _load_internal_config_dict

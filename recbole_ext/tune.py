@@ -16,7 +16,9 @@ from __future__ import annotations
 import ast
 import math
 import os
+import secrets
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,11 @@ def _domain(kind: str, args: list, grid: bool, where: str):
         if grid:
             raise SearchSpaceError(f"{where}: search=grid needs 'choice' lines, not {kind!r}")
         low, high, *rest = (float(a) for a in args)
+        if not low < high:
+            raise SearchSpaceError(f"{where}: {kind} needs low < high, got {low:g}, {high:g}")
+        if kind == "loguniform" and low <= 0:
+            raise SearchSpaceError(f"{where}: loguniform bounds must be positive, got {low:g} (a .test file gives "
+                                   "natural logs instead, e.g. 'learning_rate loguniform -9,-5')")
         if kind == "uniform":
             return tune.uniform(low, high)
         if kind == "quniform":
@@ -107,6 +114,48 @@ def parse_space(path: str | Path, grid: bool = False) -> dict:
                     raise SearchSpaceError(f"{where}: bad arguments {args!r} for loguniform") from None
         space[name] = _domain(kind, args, grid, where)
     return space
+
+
+def candidates(domain) -> list:
+    """The values a search-space entry can give that bound it: every choice, a range's two ends (the upper end
+    just below an open bound: uniform never draws it; randint's upper bound is exclusive)."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(domain, dict) and "grid_search" in domain:
+        return list(domain["grid_search"])
+    if isinstance(domain, Categorical):
+        return list(domain.categories)
+    if isinstance(domain, Float):
+        return [float(domain.lower), math.nextafter(float(domain.upper), -math.inf)]
+    if isinstance(domain, Integer):
+        return [int(domain.lower), int(domain.upper) - 1]
+    return [domain]  # a plain value in a dict space
+
+
+def check_space(model: str, base, space: dict, source: str = "the search space") -> None:
+    """Type, choices and range of every value the space can give, as :mod:`recbole_ext.validation` checks a
+    configuration; one line naming ``source`` (the file), the key and the value."""
+    from recbole.utils import get_model
+
+    from recbole_ext.validation import check_value
+
+    model_class = get_model(model)
+    for key, domain in space.items():
+        for value in candidates(domain):
+            try:
+                check_value(model, model_class, base.internal_config_dict, key, value)
+            except ValueError as exc:
+                raise SearchSpaceError(f"tune: {source}: {exc}") from None
+
+
+def sweep_name(storage: Path, model: str, dataset: str, name: str | None = None) -> str:
+    """The sweep's own folder under ``storage``: ``<model>-<dataset>-<time>-<id>`` (a second sweep into the same
+    storage used to overwrite the first one's best.yaml, trials and curves); a given ``name`` must be new."""
+    if name is None:
+        return f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    if (storage / name).exists():
+        raise ValueError(f"name: {storage / name} already exists; give a new name, or none for a fresh folder")
+    return name
 
 
 def trial_config(params: dict, fixed: dict, trial_dir: Path, environ=os.environ) -> dict:
@@ -261,7 +310,9 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
               gpus_per_trial: float = 0, grace_period: int = 1, ray_address: str | None = None,
               storage_path: str | Path = "ray_results", name: str | None = None, test: bool = True,
               workers_per_trial: int = 1) -> SweepResult:
-    """Run a sweep; write ``trials.csv``/``trials.md``, ``best.yaml`` and ``valid_curves.png`` to the sweep folder.
+    """Run a sweep; write ``trials.csv``/``trials.md``, ``best.yaml`` and ``valid_curves.png`` to the sweep's own
+    folder, ``storage_path/name`` (default name ``<model>-<dataset>-<time>-<id>``: sweeps never share one). Every
+    value of the space is checked (:func:`check_space`) before Ray starts.
     ``workers_per_trial`` > 1: each trial trains on that many Ray Train workers (:mod:`recbole_ext.distributed`),
     which share the trial's ``cpus_per_trial`` / ``gpus_per_trial``."""
     import ray
@@ -288,8 +339,10 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
         config_dict["pretrain_path"] = str(Path(config_dict["pretrain_path"]).resolve())
     metric, bigger = base["valid_metric"], base["valid_metric_bigger"]
     max_epochs = resolve_trainer(base).max_epochs(base)
-    name = name or f"{model}-{dataset}"
+    # before Ray starts: a bad value used to fail its trials one by one
+    check_space(model, base, param_space, str(space) if not isinstance(space, dict) else "the search space")
     storage = Path(storage_path).resolve()
+    name = sweep_name(storage, model, dataset, name)
 
     if scheduler == "pbt" and max_epochs != base["epochs"]:
         raise ValueError(f"scheduler: 'pbt' resumes trials mid-run, which {model}'s multi-stage training does not "
@@ -300,6 +353,11 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
             ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
         else:
             ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    from recbole_ext.distributed import check_resources
+
+    # one trial larger than the cluster would wait forever (Ray only warns, now and then)
+    check_resources(cpus_per_trial, gpus_per_trial, f"--cpus_per_trial={cpus_per_trial:g} --gpus_per_trial="
+                    f"{gpus_per_trial:g}", "lower them", ray_address)
     fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,
              "checkpoint_every_epoch": scheduler == "pbt", "cpus_per_trial": cpus_per_trial,
              "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial, "storage": str(storage),
@@ -395,9 +453,10 @@ def _best_checkpoint(folder: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint in {folder}")
 
 
-def print_summary(result: SweepResult, out=sys.stdout) -> None:
+def print_summary(result: SweepResult, out=None) -> None:
+    out = out or sys.stdout  # looked up now: a default bound at import would keep a replaced stream
     print(result.table.to_string(index=False), file=out)
     print(f"\nbest params: {result.best_params}\nbest config: {result.best_config_file}"
-          f"\nvalid curves: {result.plot}", file=out)
+          f"\nvalid curves: {result.plot}\nsweep folder: {result.directory}", file=out)
     if result.test_result:
         print("best trial test:", "  ".join(f"{k} {v:.4f}" for k, v in result.test_result.items()), file=out)

@@ -37,7 +37,9 @@ def workspace(tmp_path_factory):
         files = {"broken.yaml": "epochs: [1, 2\n", "empty.yaml": "", "list.yaml": "- epochs\n- 3\n",
                  "space.yaml": "learning_rate: {loguniform: [1e-4\n", "space_list.yaml": "- learning_rate\n",
                  "space.test": "# nothing\n", "good_space.test": "learning_rate choice [0.01]\n",
-                 "not_a_checkpoint.pth": "hello\n"}
+                 "not_a_checkpoint.pth": "hello\n", "negative_lr.test": "learning_rate choice [0.01, -1]\n",
+                 "text_lr.test": "learning_rate choice ['abc']\n",
+                 "zero_log.yaml": "learning_rate: {loguniform: [0, 0.01]}\n"}
         for name, text in files.items():
             (root / name).write_text(text)
         base = {**FAST, "data_path": str(data), "checkpoint_dir": str(root / "saved"),
@@ -90,6 +92,28 @@ CASES = [  # (argv, a piece of the one-line message); {root} and {ckpt} are fill
     (["export", "--checkpoint={ckpt}", "--what=items", "--output={root}/missing/dir/i.npy"], "does not exist"),
     (["--model=TiMiRec", "--stage=finetune", "--pretrain_path={ckpt}", "--dataset=tiny", D, "--epochs=1"],
      "has model='ComiRec' but this run has model='TiMiRec'"),
+    # checked before the checkpoint is loaded and scored (the first: not even a checkpoint)
+    (["recommend", "--checkpoint={root}/not_a_checkpoint.pth", "--users=u1", "--output={root}/missing/top.csv"],
+     "--output: folder {root}/missing does not exist"),
+    (["recommend", "--checkpoint={ckpt}", "--users=u1", "--output={root}/not_a_checkpoint.pth/top.csv"],
+     "--output: {root}/not_a_checkpoint.pth is a file, not a folder"),
+    # sweep values checked before Ray starts
+    (["--model=ComiRec", "--dataset=tiny", D, "--tune={root}/negative_lr.test"],
+     "negative_lr.test: learning_rate: -1 is out of range for ComiRec"),
+    (["--model=ComiRec", "--dataset=tiny", D, "--tune={root}/text_lr.test"], "learning_rate: 'abc' is not a number"),
+    (["--model=ComiRec", "--dataset=tiny", D, "--tune={root}/zero_log.yaml"], "loguniform bounds must be positive"),
+    # --distributed: a count of workers
+    (["--model=ComiRec", "--dataset=tiny", D, "--distributed=0"], "--distributed=0: give at least 1 worker"),
+    (["--model=ComiRec", "--dataset=tiny", D, "--distributed=-2"], "--distributed=-2: give at least 1 worker"),
+    # values that depend on others, before the data is loaded
+    (["--model=ComiRec", "--dataset=tiny", D, "--topk=[5,10]", "--valid_metric=NDCG@7"],
+     "valid_metric: 'NDCG@7' is not computed with metrics"),
+    (["--model=ComiRec", "--dataset=tiny", D, "--protocol=rechorus", "--eval_neg_num=3"],
+     "eval_neg_num: 3 negatives + the target rank 4 candidates, fewer than topk 50"),
+    (["--model=ComiRec", "--dataset=tiny", D, "--checkpoint_dir={root}/not_a_checkpoint.pth/saved"],
+     "checkpoint_dir: {root}/not_a_checkpoint.pth is a file, not a folder"),
+    (["--model=ComiRec", "--dataset=tiny", D, "--protocol=ctr"],
+     "protocol ctr: ComiRec is a sequential model, and protocol ctr (labelled rating rows) is for context-aware"),
 ]
 
 

@@ -43,7 +43,7 @@ def test_comirec_ndcg_hand_values():
 
 def test_recbole_formulas_on_the_same_users(tiny):
     config = build_config("ComiRec", "tiny", config_dict={**tiny, "protocol": "comirec", "topk": [2, 4],
-                                                                    "metrics": METRICS})
+                                                                    "metrics": METRICS, "valid_metric": "Recall@4"})
     targets, top = _three_users()
     scores = torch.zeros(3, 12)
     for row, items in enumerate(top.tolist()):

@@ -77,7 +77,7 @@ def test_shipped_negatives_must_match_the_split(tiny, tmp_path):
         pd.DataFrame({"user_id:token": last["user_id:token"], "item_id:token": last["item_id:token"],
                       "neg_items:token_seq": "i1 i2 i3"}).to_csv(folder / f"tiny.{phase}.neg", sep="\t", index=False)
     with pytest.raises(ValueError, match="targets differ from RecBole's leave-one-out split"):
-        run("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus", "topk": [2]})
+        run("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus", "topk": [2], "valid_metric": "NDCG@2"})
 
 
 def test_recbole_builtin_model_runs_under_the_protocol(tiny):

@@ -66,13 +66,14 @@ def learnable(tmp_path) -> dict:
 
 def test_asha_sweep_stops_a_bad_trial_survives_a_failing_one_and_reproduces(tmp_path, learnable):
     space = tmp_path / "space.test"
-    space.write_text("learning_rate choice [0.05, 0.0, -1.0]\n")  # good, untrainable, invalid (out of range)
+    # good, untrainable, failing (a valid value whose loss turns NaN: an out-of-range one is refused before Ray starts)
+    space.write_text("learning_rate choice [0.05, 0.0, 1e300]\n")
     result = run_sweep("ComiRec", "walk", space, config_dict=learnable, search="grid", scheduler="asha",
                        max_concurrent=1, storage_path=tmp_path / "ray", name="walk")
     table = result.table.set_index("learning_rate")
     assert table.loc[0.05, "status"] == "completed" and table.loc[0.05, "epochs"] == 4
     assert table.loc[0.0, "status"] == "stopped early" and table.loc[0.0, "epochs"] < 4
-    assert table.loc[-1.0, "status"] == "error" and "learning_rate: -1.0 is out of range" in table.loc[-1.0, "error"]
+    assert table.loc[1e300, "status"] == "error" and "Training loss is nan" in table.loc[1e300, "error"]
     assert result.best_params == {"learning_rate": 0.05}
     assert set(result.test_result) == {"hit@5", "ndcg@5"}
     assert result.plot.stat().st_size > 0 and (result.directory / "trials.csv").is_file()

@@ -23,8 +23,11 @@ complete).
 from __future__ import annotations
 
 import ast
+import math
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -36,12 +39,40 @@ def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, sep="\t", index=False)
 
 
+_STARTED = time.time()  # no later than this process's start of any conversion
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _clean_stale_partials(root: Path, name: str) -> None:
+    """Remove the ``.<name>.partial-<pid>-*`` folders killed conversions left: only those whose process is gone, or,
+    carrying this process's pid (a reused one), made before this process; never a live conversion's."""
+    prefix = f".{name}.partial-"
+    for folder in root.iterdir():
+        pid = folder.name[len(prefix):].split("-")[0]
+        if not folder.name.startswith(prefix) or not pid.isdigit() or not folder.is_dir():
+            continue  # a folder of an older version has no pid: it may be live, so it stays
+        own = int(pid) == os.getpid()
+        if (own and folder.stat().st_mtime < _STARTED) or (not own and not _alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _publish(build: Callable[[Path], None], data_path: str | Path, name: str) -> Path:
-    """Run ``build(tmp_dir)`` then move the finished folder to ``data_path/name``."""
+    """Run ``build(tmp_dir)`` then move the finished folder to ``data_path/name``. The temporary folder's name
+    carries this process's pid, so the next conversion of ``name`` can remove it if this one is killed."""
     root = Path(data_path)
     root.mkdir(parents=True, exist_ok=True)
     target = root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=root))
+    _clean_stale_partials(root, name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}-", dir=root))
     try:
         build(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private
@@ -154,8 +185,22 @@ def convert_mfn_ml1m(src: str | Path, data_path: str | Path = "dataset", name: s
     return _publish(build, data_path, name)
 
 
-def _negatives(frame: pd.DataFrame) -> pd.DataFrame:
-    negs = frame.neg_items.map(lambda text: " ".join(str(i) for i in ast.literal_eval(text)))
+def _negative_cell(path: Path, line: int, text) -> str:
+    """One ``neg_items`` cell (a Python list literal such as ``[12, 7]``) -> space-separated ids; a malformed cell is
+    named by file, line and content (literal_eval would raise a bare SyntaxError or ValueError)."""
+    try:
+        items = ast.literal_eval(text) if isinstance(text, str) else None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        items = None
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, (int, str)) for i in items):
+        raise ValueError(f"{path}: line {line}: neg_items {text!r} is not a list of item ids such as [12, 7]; "
+                         "fix the cell (ReChorus writes a Python list)")
+    return " ".join(str(i) for i in items)
+
+
+def _negatives(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The fixed negatives of a dev/test frame (read with its header: row r is line r + 2 of ``path``)."""
+    negs = [_negative_cell(path, line, text) for line, text in enumerate(frame.neg_items, 2)]
     return pd.DataFrame({"user_id:token": frame.user_id, "item_id:token": frame.item_id, "neg_items:token_seq": negs})
 
 
@@ -176,11 +221,12 @@ def convert_rechorus(src: str | Path, data_path: str | Path = "dataset", name: s
                              f"{', '.join(need)})")
     inter = pd.concat([frames[p][["user_id", "item_id", "time"]] for p in ("train", "dev", "test")], ignore_index=True)
     inter.columns = ["user_id:token", "item_id:token", "timestamp:float"]
+    negatives = {part: _negatives(frames[part], src / f"{part}.csv") for part in ("dev", "test")}  # before writing
 
     def build(tmp: Path) -> None:
         _write_atomic(inter, tmp / "__NAME__.inter")
-        _write_atomic(_negatives(frames["dev"]), tmp / "__NAME__.valid.neg")
-        _write_atomic(_negatives(frames["test"]), tmp / "__NAME__.test.neg")
+        _write_atomic(negatives["dev"], tmp / "__NAME__.valid.neg")
+        _write_atomic(negatives["test"], tmp / "__NAME__.test.neg")
         meta = src / "item_meta.csv"
         if meta.is_file():
             items = pd.read_csv(meta, sep="\t", dtype=str)
@@ -232,11 +278,14 @@ def _read_libfm(path: Path) -> tuple[list[str], list[list[int]]]:
             if not tokens:
                 continue
             try:
-                float(tokens[0])
+                label = float(tokens[0])
                 indices = [int(token.split(":", 1)[0]) for token in tokens[1:]]
             except ValueError:
                 raise ValueError(f"{path}: line {number}: need 'label idx:value ...' with a numeric label and "
                                  f"integer indices, got {line.strip()[:80]!r}") from None
+            if not math.isfinite(label):  # RecBole would fill a nan label with the split's mean label
+                raise ValueError(f"{path}: line {number}: the label {tokens[0]!r} is not a finite number; "
+                                 "give the line its label (e.g. -1 or 1) or remove it")
             width = len(indices) if width is None else width
             if len(indices) != width or not indices:
                 raise ValueError(f"{path}: line {number} has {len(indices)} features, the file's first line {width}")
@@ -250,7 +299,25 @@ def read_field_map(path: str | Path) -> list[tuple[str, int, int]]:
     rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
     if any(len(row) != 3 or not (row[1].isdigit() and row[2].isdigit()) for row in rows):
         raise ValueError(f"{path}: each line must be 'name first_index last_index'")
-    return [(row[0], int(row[1]), int(row[2])) for row in rows]
+    field_map = [(row[0], int(row[1]), int(row[2])) for row in rows]
+    check_field_map(field_map, str(path))
+    return field_map
+
+
+def check_field_map(field_map: list[tuple[str, int, int]], where: str = "field_map") -> None:
+    """Each index must belong to one field: names unique, first <= last, no two ranges sharing an index (the
+    assignment by range would otherwise put the shared indices in whichever field starts last)."""
+    names = [entry[0] for entry in field_map]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: field {next(n for n in names if names.count(n) > 1)!r} is given twice")
+    for name, first, last in field_map:
+        if first > last:
+            raise ValueError(f"{where}: field {name!r} has first index {first} above its last {last}")
+    ordered = sorted(field_map, key=lambda entry: entry[1])
+    for (name, first, last), (after, low, high) in zip(ordered, ordered[1:]):
+        if low <= last:
+            raise ValueError(f"{where}: fields {name!r} ({first}-{last}) and {after!r} ({low}-{high}) overlap; "
+                             "give each index to one field")
 
 
 def convert_libfm(src: str | Path, data_path: str | Path = "dataset", name: str | None = None,
@@ -283,6 +350,7 @@ def convert_libfm(src: str | Path, data_path: str | Path = "dataset", name: str 
             raise ValueError(f"{src}: the positions' index ranges overlap, so fields cannot be inferred; "
                              "give a field map (name first last per field)")
     else:
+        check_field_map(field_map)
         names = [entry[0] for entry in field_map]
         lows, highs = (np.array([entry[i] for entry in field_map]) for i in (1, 2))
         order = lows.argsort()

@@ -26,7 +26,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_ext.data import ctr
+from recbole_ext.data import atomic_check, ctr
 from recbole_ext.data.comirec import ComiRecEvalDataLoader, comirec_build, comirec_filter
 from recbole_ext.data.guard import NeedsPluginTrainer, guarded
 from recbole_ext.data.mfn import USER_TASK_REFUSAL
@@ -187,7 +187,8 @@ def install_hooks() -> None:
     """Wrap ``recbole.data.utils.create_samplers``, ``get_dataloader``, ``SequentialDataset.build`` and its
     ``_filter_by_inter_num`` once (they delegate when no plugin protocol is on): the fixed-negatives protocol here, the ComiRec protocol of
     :mod:`recbole_ext.data.comirec`, the fast train loader of sequential models
-    (:mod:`recbole_ext.data.sequential`), and the CTR rules of :mod:`recbole_ext.data.ctr`."""
+    (:mod:`recbole_ext.data.sequential`), the CTR rules of :mod:`recbole_ext.data.ctr` and the atomic-file checks of
+    :mod:`recbole_ext.data.atomic_check`."""
     import recbole.data.utils as data_utils
 
     if getattr(data_utils.get_dataloader, "_recbole_ext", False):
@@ -237,3 +238,4 @@ def install_hooks() -> None:
 
     SequentialDataset.build, SequentialDataset._filter_by_inter_num = build_hook, filter_hook
     ctr.install()
+    atomic_check.install()  # every atomic file checked before RecBole parses it

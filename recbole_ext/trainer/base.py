@@ -44,13 +44,14 @@ from recbole.trainer import Trainer
 from recbole.utils import get_trainer
 
 from recbole_ext import cpu, distributed
+from recbole_ext.checkpoints import FINGERPRINT_KEY, check_unchanged, fingerprint, unique_checkpoint
 from recbole_ext.data.comirec import TARGETS
 from recbole_ext.data.guard import NeedsPluginTrainer
 from recbole_ext.data.protocol import CANDIDATES
 from recbole_ext.evaluation.comirec import KEY as COMIREC_KEY
 from recbole_ext.evaluation.comirec import comirec_ndcg
 from recbole_ext.evaluation.ranking import rank_scores
-from recbole_ext.files import replace_file
+from recbole_ext.files import remove_leftovers, replace_file
 
 
 RESUME_SUFFIX = "-resume.pth"
@@ -106,6 +107,12 @@ class PluginTrainerMixin:
         torch.use_deterministic_algorithms(bool(config["reproducibility"]), warn_only=True)
         cpu.apply(config)
         super().__init__(config, model)
+        # RecBole names the file after the second the run started, so two runs started in one second shared it
+        self.saved_model_file = unique_checkpoint(self.saved_model_file)
+        self.run_stem = self.saved_model_file[:-len(".pth")]  # this run's files: their first write is exclusive
+        self.written: set[str] = set()  # files this run wrote (it may replace those)
+        self.fingerprint: dict | None = None  # the dataset's (recbole_ext.checkpoints), stored in every file
+        config["data_path"] = os.path.abspath(config["data_path"])  # stored absolute: usable from any folder
         self.rank, self.world_size = distributed.world() if config["distributed_workers"] else (0, 1)
         self.ddp = None
         if config["distributed_workers"] and torch.distributed.is_initialized():
@@ -185,6 +192,10 @@ class PluginTrainerMixin:
                              "run it with run_recbole_ext.py or recbole_ext.run(), which add one")
         if isinstance(train_data, NeedsPluginTrainer):  # data RecBole's plain Trainer would consume wrongly
             train_data.trainer_ready = True
+        self._ensure_fingerprint(train_data)
+        if self.resuming and self._writer:  # a killed process of this run may have left temporary files
+            for path in (self.saved_model_file, self.resume_file):
+                remove_leftovers(path)
         if self.resuming and os.path.isfile(self.resume_file) and self._load_resume(train_data):
             return self.best_valid_score, self.best_valid_result  # this stage had finished
 
@@ -228,13 +239,33 @@ class PluginTrainerMixin:
     def resume_file(self) -> str:
         return self.saved_model_file[:-len(".pth")] + RESUME_SUFFIX
 
+    def _ensure_fingerprint(self, train_data) -> None:
+        """The dataset's fingerprint, once per run (hashing the files is one read of them)."""
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint(self.config, getattr(train_data, "_dataset", None))
+
+    def join_run(self, parent: "PluginTrainerMixin") -> None:
+        """Write as part of ``parent``'s run (a stage trainer): its file names, written files and fingerprint."""
+        self.run_stem, self.written, self.fingerprint = parent.run_stem, parent.written, parent.fingerprint
+
+    def _write(self, save, path: str) -> None:
+        """``save(tmp)`` then an atomic rename to ``path``; the first write of one of this run's own files is
+        exclusive, so a file another run wrote is never replaced."""
+        path = str(path)
+        replace_file(save, path, exclusive=path.startswith(self.run_stem) and path not in self.written)
+        self.written.add(path)
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        """RecBole's checkpoint, written atomically."""
+        """RecBole 1.2.1's checkpoint (``Trainer._save_checkpoint``'s keys) plus the dataset fingerprint, written
+        atomically."""
         target = kwargs.pop("saved_model_file", self.saved_model_file)
         if not self._writer:
             return
-        save = super()._save_checkpoint
-        replace_file(lambda tmp: save(epoch, verbose=False, saved_model_file=str(tmp), **kwargs), target)
+        state = {"config": self.config, "epoch": epoch, "cur_step": self.cur_step,
+                 "best_valid_score": self.best_valid_score, "state_dict": self.model.state_dict(),
+                 "other_parameter": self.model.other_parameter(), "optimizer": self.optimizer.state_dict(),
+                 FINGERPRINT_KEY: self.fingerprint}
+        self._write(lambda tmp: torch.save(state, tmp, pickle_protocol=4), target)
         if verbose:
             self.logger.info(f"Saving current: {target}")
 
@@ -242,7 +273,7 @@ class PluginTrainerMixin:
         """Everything the next epoch needs; RecBole's checkpoint keys included, so ``resume_checkpoint`` reads it."""
         if not self._saving or not self._writer:
             return
-        atomic_save({
+        state = {
             "config": self.config, "epoch": epoch, "cur_step": self.cur_step, "finished": finished,
             "best_valid_score": self.best_valid_score, "best_valid_result": self.best_valid_result,
             "state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter(),
@@ -250,8 +281,9 @@ class PluginTrainerMixin:
             "curves": {"valid_scores": self.valid_scores, "train_seconds": self.train_seconds,
                        "valid_seconds": self.valid_seconds, "stage_epochs": self.stage_epochs,
                        "train_losses": self.train_losses},
-            "rng": rng_state(train_data=self._fit_data[0], model=self.model),
-        }, self.resume_file)
+            "rng": rng_state(train_data=self._fit_data[0], model=self.model), FINGERPRINT_KEY: self.fingerprint,
+        }
+        self._write(lambda tmp: torch.save(state, tmp, pickle_protocol=4), self.resume_file)
 
     def _load_resume(self, train_data) -> bool:
         """Restore the state of ``resume_file``. -> whether that stage had finished."""
@@ -260,6 +292,7 @@ class PluginTrainerMixin:
             if state["config"][key] != self.config[key]:
                 raise ValueError(f"resume: {self.resume_file} is a {key} {state['config'][key]!r} run, not "
                                  f"{self.config[key]!r}")
+        check_unchanged(state.get(FINGERPRINT_KEY), self.fingerprint, self.resume_file)  # before any write
         self.model.load_state_dict(state["state_dict"])
         self.model.load_other_parameter(state["other_parameter"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -70,6 +70,8 @@ class IFMTrainer(PluginTrainerMixin, Trainer):
         with overridden(config, model="FM", learner=config["fm_learner"], learning_rate=config["fm_learning_rate"],
                         epochs=fm_epochs):
             stage = FMStageTrainer(config, fm)
+            self._ensure_fingerprint(train_data)
+            stage.join_run(self)  # its -fm.pth is this run's file: same exclusivity, same fingerprint
             stage.resuming = self.resuming
             stage.saved_model_file = self.fm_file = self.saved_model_file.replace(".pth", "-fm.pth")
             stage.stage_label = f"{name} stage 1/2 (FM warm start; {name} follows) "

@@ -1,0 +1,155 @@
+"""What a checkpoint knows about its run and its data, so that it is never confused with another run's and never
+used on data it was not trained on.
+
+* **Names**: RecBole names a checkpoint after the second its run started (``ComiRec-Dec-07-2026_23-22-25.pth``),
+  so two runs started in one second wrote one file. A run adds a random id (``...-a1b2c3.pth``) that no file in the
+  checkpoint folder starts with; every derived name (``-resume.pth``, ``-pretrain.pth``, ``-fm.pth``) follows it,
+  and the first write of each of the run's files is exclusive (:func:`recbole_ext.files.replace_file`).
+* **Dataset fingerprint** (``FINGERPRINT_KEY`` in every checkpoint and resume file): the SHA-256, size and line
+  count of every data file of the dataset's folder (``<dataset>.*``: the atomic files, benchmark splits and shipped
+  negatives that RecBole and the protocols read, ``DATA_SUFFIXES``) plus the user and item id maps of the loaded
+  dataset. The files' bytes are cheap to hash (one sequential read, no parsing, ~1 s per GB), do not depend on the
+  configuration (so a checkpoint evaluated under another protocol is still checked), and catch any edit, reordered
+  timestamps included; the id maps say in words what changed ("40 -> 41 items") and are what the saved weights are
+  indexed by.
+* **Data path**: stored absolute, so a checkpoint works from any working folder; a checkpoint written before, with
+  a relative ``data_path``, is looked up from the folder its run started in (inferred from where it lies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import warnings
+from pathlib import Path
+from typing import Callable
+
+FINGERPRINT_KEY = "dataset_fingerprint"
+# what RecBole reads (atomic files, benchmark splits such as <dataset>.train.inter) and the shipped negatives
+# (<dataset>.test.neg); a backup beside them (<dataset>.inter.bak) is no part of the data
+DATA_SUFFIXES = (".inter", ".user", ".item", ".kg", ".link", ".net", ".neg")
+_CHUNK = 1 << 20
+
+
+class DatasetChanged(ValueError):
+    """The dataset differs from the one a checkpoint was trained on."""
+
+
+# --- names -------------------------------------------------------------------------------------------------------
+def run_id() -> str:
+    """Six hex digits: 16.7 million names per second and model, so a clash is a one-in-millions event."""
+    return secrets.token_hex(3)
+
+
+def unique_checkpoint(path: str, new_id: Callable[[], str] | None = None) -> str:
+    """``.../Model-<time>.pth`` -> ``.../Model-<time>-<id>.pth`` where no file of the folder (a temporary one
+    included) starts with ``Model-<time>-<id>``; a taken id is drawn again. ``new_id``: default :func:`run_id`."""
+    new_id = new_id or run_id
+    folder, name = os.path.split(path)
+    taken = [n.lstrip(".") for n in os.listdir(folder or ".")] if os.path.isdir(folder or ".") else []
+    while True:
+        stem = f"{name[:-len('.pth')]}-{new_id()}"
+        if not any(n.startswith((f"{stem}.", f"{stem}-")) for n in taken):
+            return os.path.join(folder, f"{stem}.pth")
+
+
+# --- fingerprint -------------------------------------------------------------------------------------------------
+def _digest(path: Path) -> dict:
+    sha, lines, size = hashlib.sha256(), 0, 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            sha.update(chunk)
+            lines += chunk.count(b"\n")
+            size += len(chunk)
+    return {"sha256": sha.hexdigest(), "bytes": size, "lines": lines}
+
+
+def data_files(config) -> dict[str, dict]:
+    """Digest of every data file of the dataset's folder (``config['data_path']``): ``<dataset>.*`` ending in one
+    of ``DATA_SUFFIXES``."""
+    folder, prefix = Path(config["data_path"]), f"{config['dataset']}."
+    if not folder.is_dir():
+        return {}
+    return {p.name: _digest(p) for p in sorted(folder.iterdir())
+            if p.name.startswith(prefix) and p.name.endswith(DATA_SUFFIXES) and p.is_file()}
+
+
+def fingerprint(config, dataset=None) -> dict:
+    """The dataset's fingerprint: its files' digests, and the user and item id maps of ``dataset`` (a loaded RecBole
+    dataset, or a split of it) when given."""
+    id_maps = {}
+    for kind, field in (("user", getattr(dataset, "uid_field", None)), ("item", getattr(dataset, "iid_field", None))):
+        if field is not None and field in dataset.field2id_token:  # plain lists: readable with weights_only=True
+            id_maps[kind] = [str(token) for token in dataset.field2id_token[field]]
+    return {"version": 1, "dataset": config["dataset"], "data_path": str(config["data_path"]),
+            "files": data_files(config), "id_maps": id_maps}
+
+
+def _id_change(kind: str, old: list[str], new: list[str]) -> str | None:
+    if len(old) != len(new):  # index 0 is RecBole's [PAD]
+        return f"{len(old) - 1:,} -> {len(new) - 1:,} {kind}s"
+    if old != new:
+        added = sorted(set(new) - set(old))
+        return f"the {kind} ids differ ({len(added):,} new, e.g. {added[0]!r})" if added else \
+            f"the {kind} ids are numbered differently"
+    return None
+
+
+def _file_changes(old: dict, new: dict) -> list[str]:
+    changes = []
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if after is None:
+            changes.append(f"{name} is gone")
+        elif before is None:
+            changes.append(f"{name} is new")
+        elif before["sha256"] != after["sha256"]:
+            changes.append(f"{name}: {before['lines']:,} -> {after['lines']:,} lines" if before["lines"] != after["lines"]
+                           else f"{name}: the content differs (same {after['lines']:,} lines; sha256 "
+                                f"{before['sha256'][:8]} -> {after['sha256'][:8]})")
+    return changes
+
+
+def changes(saved: dict, current: dict) -> str | None:
+    """What differs between two fingerprints, in words (None when nothing does)."""
+    ids = [c for kind in ("item", "user") if kind in saved["id_maps"] and kind in current["id_maps"]
+           if (c := _id_change(kind, saved["id_maps"][kind], current["id_maps"][kind]))]
+    files = _file_changes(saved["files"], current["files"])
+    if ids and not files:  # same bytes, other ids: the loading configuration (filters, load_col) differs
+        return (f"its files are unchanged, but this configuration loads {', '.join(ids)} (a filter or load_col "
+                "differs from the training run's)")
+    return "; ".join(ids + files) or None
+
+
+def check_unchanged(saved: dict | None, current: dict, source: str | Path) -> None:
+    """Refuse (one line) a dataset that differs from the checkpoint's; warn for a checkpoint without fingerprint."""
+    if saved is None:
+        warnings.warn(f"{source} has no dataset fingerprint (written by an older recbole_ext): whether dataset "
+                      f"{current['dataset']!r} changed since cannot be checked", stacklevel=2)
+        return
+    what = changes(saved, current)
+    if what:
+        raise DatasetChanged(f"dataset {current['dataset']!r} changed since {source} was written: {what}; train a new "
+                             "model on it, or restore the data the checkpoint was trained on")
+
+
+# --- data path ---------------------------------------------------------------------------------------------------
+def locate_data(config, checkpoint: str | Path) -> None:
+    """Point a checkpoint's ``config['data_path']`` at its dataset when the stored path does not exist from here:
+    a relative path (checkpoints written before paths were stored absolute) is tried from the folder the run started
+    in, inferred from the checkpoint's location and its ``checkpoint_dir`` (``saved/`` -> the folder above it)."""
+    stored = Path(config["data_path"])
+    if stored.is_dir():
+        return
+    relative = stored if not stored.is_absolute() else None
+    if relative is None:
+        return  # an absolute path that is gone: the dataset error names it
+    folder, saved_dir = Path(checkpoint).resolve().parent, Path(config["checkpoint_dir"])
+    roots = [folder.parent]
+    if not saved_dir.is_absolute() and folder.parts[-len(saved_dir.parts):] == saved_dir.parts:
+        roots.insert(0, Path(*folder.parts[:-len(saved_dir.parts)]))
+    for root in roots:
+        if (root / relative).is_dir():
+            config["data_path"] = str(root / relative)
+            return

@@ -66,13 +66,16 @@ def test_macro_events_at_or_after_the_row_time_never_reach_the_encoder(synthetic
            "macro_time_seq": torch.tensor([[1.0, 5.0, 9.0, 12.0, 0.0]]), "timestamp": torch.tensor([9.0])}
     apps, cates, length = net.macro_view(row)
     assert apps.tolist() == [[3, 4]] and cates.tolist() == [[1, 2]] and length.tolist() == [2]  # cut after it
-    u, _ = net.macro(apps, length)
-    assert torch.allclose(u, net.macro(torch.tensor([[3, 4, 0, 0, 0]]), length)[0], atol=1e-6)  # the cut is exact
-    changed = {**row, "macro_app_seq": torch.tensor([[3, 4, 9, 8, 0]])}  # the future apps differ
-    assert torch.equal(u, net.macro(*net.macro_view(changed)[::2])[0])
+    u, _ = net.macro(apps, length, cates)
+    padded = net.macro(torch.tensor([[3, 4, 0, 0, 0]]), length, torch.tensor([[1, 2, 0, 0, 0]]))[0]
+    assert torch.allclose(u, padded, atol=1e-6)  # the cut is exact
+    changed = {**row, "macro_app_seq": torch.tensor([[3, 4, 9, 8, 0]]),  # the future apps differ
+               "macro_cate_seq": torch.tensor([[1, 2, 2, 1, 0]])}
+    apps, cates, length = net.macro_view(changed)
+    assert torch.equal(u, net.macro(apps, length, cates)[0])
     empty = {**row, "timestamp": torch.tensor([0.5])}
-    apps, _, length = net.macro_view(empty)
-    assert length.tolist() == [0] and (net.macro(apps, length)[0] == 0).all()  # no NaN from an empty view
+    apps, cates, length = net.macro_view(empty)
+    assert length.tolist() == [0] and (net.macro(apps, length, cates)[0] == 0).all()  # no NaN from an empty view
 
 
 def test_blocks_by_hand():
@@ -111,6 +114,79 @@ def test_each_ablation_really_removes_its_part(synthetic, tmp_path, switch, off)
     assert any(flag for name, flag in grads(full, next(iter(train))).items() if name.startswith(off))
     if "mim_weight" in switch:
         assert isinstance(net.calculate_loss(next(iter(train))), torch.Tensor)
+
+
+def test_alignment_starts_alive(synthetic, tmp_path):
+    """align_norm: at step 0 the affinity M spreads over O(1) values and W_b gets a gradient; the raw product of
+    N(0, 0.02) embeddings through an N(0, 0.02) W_b (align_norm: False) starts below 1e-3 with a gradient ~200x
+    smaller: an alignment that barely trains, whose near-constant m the gate then drops."""
+    spread, grad = {}, {}
+    for norm in (True, False):
+        _, net, train, _, _ = build(synthetic, tmp_path, align_norm=norm)
+        batch = next(iter(train))
+        items, cates = batch[net.ITEM_SEQ], net.item_cate[batch[net.ITEM_SEQ]]
+        apps, app_cates, g_len = net.macro_view(batch)
+        net.eval()
+        with torch.no_grad():
+            e_g, e_l = net.macro(apps, g_len, app_cates)[1], net.micro(items, batch[net.ITEM_SEQ_LEN], cates)[1]
+            spread[norm] = net.alignment(e_g, app_cates, e_l, cates)[0].abs().amax().item()
+        net.train()
+        grads(net, batch)
+        grad[norm] = net.affinity.grad.norm().item()
+    assert spread[True] > 0.3 and spread[False] < 1e-3, spread
+    assert grad[True] > 100 * grad[False], grad
+
+
+def test_user_vector_pools_the_whole_view(synthetic, tmp_path):
+    """user_pooling: mean: u is the mean of the Transformer's outputs over the valid positions (by causality, output t
+    is the last-position vector of the prefix up to t), padding columns change nothing, an empty view gives 0;
+    next_item keeps the last position."""
+    _, net, *_ = build(synthetic, tmp_path, task="user_classification", label="gender")
+    net.eval()
+    assert net.pooling == "mean"
+    seq, lengths = torch.tensor([[5, 7, 9, 3, 0], [4, 0, 0, 0, 0], [0, 0, 0, 0, 0]]), torch.tensor([4, 1, 0])
+    with torch.no_grad():
+        u = net.micro(seq, lengths, net.item_cate[seq], "mean")[0]
+        for row in range(2):
+            prefixes = [net.micro(prefix, torch.tensor([t + 1]), net.item_cate[prefix], "last")[0]
+                        for t in range(int(lengths[row])) for prefix in [seq[row:row + 1, :t + 1]]]
+            assert torch.allclose(u[row], torch.cat(prefixes).mean(0), atol=1e-5)
+        assert (u[2] == 0).all()
+        wider = torch.cat([seq, torch.zeros(3, 4, dtype=seq.dtype)], 1)
+        assert torch.allclose(net.micro(wider, lengths, net.item_cate[wider], "mean")[0], u, atol=1e-5)
+    assert build(synthetic, tmp_path)[1].pooling == "last"
+
+
+def test_category_embeddings_reach_both_encoders(synthetic, tmp_path):
+    _, net, train, _, _ = build(synthetic, tmp_path)
+    net.train()
+    used = grads(net, next(iter(train)))
+    assert used["micro.category.weight"] and used["macro.category.weight"]
+    _, plain, *_ = build(synthetic, tmp_path, category_embedding=False)
+    assert plain.micro.category is None and plain.macro.category is None
+    item = torch.tensor([[5]])
+    assert torch.allclose(net.micro.table(item) + net.micro.category(net.item_cate[item]),
+                          net.micro(item, torch.tensor([1]), net.item_cate[item])[1])
+
+
+def test_the_seen_oracle_reads_what_a_user_row_shows_the_model(synthetic, tmp_path):
+    """oracle(seen=MAX_ITEM_LIST_LENGTH) counts, per user, the micro items and the macro events the model's user row
+    holds (the plain oracle counts every macro event, the later ones too)."""
+    config, net, *parts = build(synthetic, tmp_path, task="user_classification", label="gender")
+    index, macro, micro, _ = mfn_data.view_features(synthetic["data_path"], TINY, seen=config["MAX_ITEM_LIST_LENGTH"])
+
+    def counts(features: np.ndarray) -> np.ndarray:  # histogram + log length -> the number of events (0: none)
+        return np.where(features[:, :-1].sum(1) > 0, np.rint(np.exp(features[:, -1])), 0).astype(int)
+
+    want = dict(zip(index, zip(counts(macro), counts(micro))))
+    got = {}
+    for part in parts:
+        rows = part.dataset.join(part.dataset.inter_feat)
+        tokens = part.dataset.field2id_token[part.dataset.uid_field][rows[part.dataset.uid_field].numpy()]
+        got.update(zip(tokens, zip(net.macro_view(rows)[2].tolist(), rows[net.ITEM_SEQ_LEN].tolist())))
+    assert got == want and any(g for g, _ in got.values())
+    everything = counts(mfn_data.view_features(synthetic["data_path"], TINY)[1])
+    assert (everything >= counts(macro)).all() and (everything > counts(macro)).any()
 
 
 def test_classification_metrics_by_hand():

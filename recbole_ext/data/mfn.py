@@ -136,33 +136,49 @@ def ensure(folder: Path, name: str) -> None:
         generate(folder, name)
 
 
-def view_features(folder: Path, name: str) -> tuple[pd.Index, np.ndarray, np.ndarray, pd.DataFrame]:
-    """Per user: macro and micro category histograms (normalised) plus log length, and the labels."""
+def view_features(folder: Path, name: str,
+                  seen: int | None = None) -> tuple[pd.Index, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Per user: macro and micro category histograms (normalised) plus log length, and the labels.
+
+    ``seen``: only what a user-task row shows the model (:func:`user_task_build`): the micro items before the user's
+    last one, whose time is the row's observation cutoff, the most recent ``seen`` of them (the model's
+    ``MAX_ITEM_LIST_LENGTH``), and the macro events before that cutoff (the model masks the later ones). ``None``:
+    each view whole, later apps included (the generator's own yardstick, which sees more than any model can)."""
     base = Path(folder) / name
     ids = {"user_id:token": str, "item_id:token": str}  # raw tokens, as RecBole reads them (the split sorts them)
     inter = pd.read_csv(base / f"{name}.inter", sep="\t", dtype=ids)
     items = pd.read_csv(base / f"{name}.item", sep="\t", dtype=ids).set_index("item_id:token")["item_cate:token"]
     users = pd.read_csv(base / f"{name}.user", sep="\t", dtype=ids).set_index("user_id:token")
+    macro_cates = users["macro_cate_seq:token_seq"].fillna("").str.split()
+    if seen is not None:
+        inter = inter.sort_values(["user_id:token", "timestamp:float"], kind="stable")  # RecBole's TO order
+        cutoff = inter.groupby("user_id:token")["timestamp:float"].max().reindex(users.index)
+        from_end = inter.groupby("user_id:token").cumcount(ascending=False)  # the last item: 0
+        inter = inter[(from_end >= 1) & (from_end <= seen)]
+        times = users["macro_time_seq:float_seq"].fillna("").str.split()
+        macro_cates = pd.Series([[c for c, t in zip(cates, stamps) if float(t) < limit] for cates, stamps, limit
+                                 in zip(macro_cates, times, cutoff)], index=users.index)
 
     def histogram(cates: pd.Series) -> pd.DataFrame:
         counts = pd.crosstab(cates.index, cates.values)
         return pd.concat([counts.div(counts.sum(1), axis=0), np.log(counts.sum(1)).rename("log_len")], axis=1)
 
     micro = histogram(pd.Series(inter["item_id:token"].map(items).to_numpy(), index=inter["user_id:token"]))
-    macro_cates = users["macro_cate_seq:token_seq"].fillna("").str.split()
     macro = histogram(macro_cates.explode().dropna())
     index = users.index
     return (index, macro.reindex(index).fillna(0).to_numpy(), micro.reindex(index).fillna(0).to_numpy(),
             users[[f"{label}:float" for label in LABELS]].set_axis(list(LABELS), axis=1))
 
 
-def oracle(folder: Path, name: str, label: str = "gender", seed: int = 2020) -> dict[str, float]:
+def oracle(folder: Path, name: str, label: str = "gender", seed: int = 2020,
+           seen: int | None = None) -> dict[str, float]:
     """Test AUC of a logistic regression on each view's category histogram + log length, and on both, users split
-    8:1:1 with ``seed`` as the user task splits them (macro-averaged one-vs-rest AUC for ``age``)."""
+    8:1:1 with ``seed`` as the user task splits them (macro-averaged one-vs-rest AUC for ``age``). ``seen``: on what
+    a user-task row shows the model only (see :func:`view_features`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    index, macro, micro, labels = view_features(folder, name)
+    index, macro, micro, labels = view_features(folder, name, seen)
     train, _, test = split_by_token(index.to_numpy(), seed, [0.8, 0.1, 0.1])
     y = labels[label].to_numpy().astype(int)
     out = {}

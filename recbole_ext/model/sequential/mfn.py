@@ -6,12 +6,22 @@ in ``properties/model/MFN.yaml``).
 
 * **Views**: a macro sequence of (app, app category, time) from the user's ``.user`` fields and the micro sequence of
   items (RecBole's ``item_id_list``, categories looked up from ``item_cate_field``), each through its own
-  post-LN Transformer (2 layers, 2 heads, GELU, d 200) with position embeddings;
-  the last valid position gives u_g and u_l. Macro events at or after the row's time (``TIME_FIELD``: the target's
-  time for next-item rows, the observation cutoff for user rows) are masked before encoding (no future leaks in).
+  post-LN Transformer (2 layers, 2 heads, GELU, d 200) with position embeddings, giving u_g and u_l. Macro events
+  at or after the row's time (``TIME_FIELD``: the target's time for next-item rows, the observation cutoff for user
+  rows) are masked before encoding (no future leaks in). The paper embeds apps and items (d 200, README); our
+  choices: each event's category embedding added to its id embedding (``category_embedding``: the paper's figure
+  uses categories only to group embeddings for the alignment; without them the encoders see the categories only
+  through the ids, learnt from the labels of a few thousand users), and how the Transformer's outputs become u
+  (not described): ``next_item`` the last valid position (the query of the next item, as the group's sequential
+  code), ``user_classification`` the mean over the valid positions (``user_pooling: mean``; ``last`` as next item).
 * **Category alignment**: each view's *input* embeddings mean-pooled per category (T_g [B, Cg, d], T_l [B, Cl, d]),
-  the affinity ``M = tanh(T_g W_b T_lᵀ)`` over present categories, pooled into m by ``align_pool``: ``conv``
-  (Conv 3x3, 16 filters, max-pool 4x4, Linear), or ``attn`` (Σ softmax(M) T_g ⊙ T_l, independent of category order).
+  the affinity ``M = tanh(T_g W_b T_lᵀ)`` over present categories (the figure's "parallel co-attention", whose core
+  is this bilinear affinity), pooled into m by ``align_pool``: ``conv`` (Conv 3x3, 16 filters, max-pool 4x4, Linear),
+  or ``attn`` (Σ softmax(M) T_g ⊙ T_l, independent of category order). Its scale is ours (``align_norm``): the
+  category means LayerNormed (no affine) and the product scaled by 1/√d, W_b the identity at init, so M starts as
+  the scaled similarity of the two views' category means. The raw product of N(0, 0.02) embeddings through an
+  N(0, 0.02) W_b (``align_norm: False``) starts at |M| ~ 1e-3 with a gradient cubic in those small scales: M, and
+  so m, stays near zero and the gate learns to drop it.
 * **Gate** (``gate: softmax3``): an element-wise softmax over (u_g, u_l, m) from ``Linear([u_g; u_l; m])``;
   ``gate: off`` averages the three.
 * **MIM** between u_g and u_l (``mim_weight``, default 0.1): symmetric InfoNCE with a bilinear critic over the batch
@@ -64,15 +74,18 @@ def jsd_mim(x: torch.Tensor, y: torch.Tensor, critic: torch.Tensor) -> torch.Ten
 
 
 class ViewEncoder(nn.Module):
-    """Embedding + positions -> LayerNorm -> Dropout -> post-LN Transformer (torch's, on scaled_dot_product_attention;
-    the computation of RecBole's ``TransformerEncoder`` without its per-op GELU; :class:`FastDropout` on the hidden
-    states); the last valid position, zero for an empty sequence.
-    seq: [B, L] right-padded, lengths: [B] -> (u [B, d], input embeddings [B, L, d])"""
+    """Embedding (+ the event's category embedding when the view has a category table) + positions -> LayerNorm ->
+    Dropout -> post-LN Transformer (torch's, on scaled_dot_product_attention; the computation of RecBole's
+    ``TransformerEncoder`` without its per-op GELU; :class:`FastDropout` on the hidden states); pooled by ``pooling``:
+    ``last`` the last valid position, ``mean`` the mean over the valid positions; zero for an empty sequence.
+    seq, categories: [B, L] right-padded, lengths: [B] -> (u [B, d], input embeddings [B, L, d])"""
 
-    def __init__(self, table: nn.Embedding, max_len: int, config, causal: bool = True):
+    def __init__(self, table: nn.Embedding, max_len: int, config, causal: bool = True, n_categories: int = 0):
         super().__init__()
         d = config["hidden_size"]
         self.table, self.position, self.causal = table, Table(max_len, d), causal
+        # category 0 = padding; its row is never pooled nor attended to (padding keys are masked)
+        self.category = Table(n_categories, d, padding_idx=0) if n_categories else None
         p = config["hidden_dropout_prob"]
         self.norm, self.dropout = nn.LayerNorm(d, eps=config["layer_norm_eps"]), FastDropout(p)
         layer = nn.TransformerEncoderLayer(d, config["n_heads"], config["inner_size"], p, config["hidden_act"],
@@ -81,13 +94,19 @@ class ViewEncoder(nn.Module):
         layer.dropout, layer.dropout1, layer.dropout2 = FastDropout(p), FastDropout(p), FastDropout(p)
         self.encoder = nn.TransformerEncoder(layer, config["n_layers"], enable_nested_tensor=False)
 
-    def forward(self, seq: torch.Tensor, lengths: torch.Tensor):
+    def forward(self, seq: torch.Tensor, lengths: torch.Tensor, categories: torch.Tensor | None = None,
+                pooling: str = "last"):
         embedded = self.table(seq)
+        if self.category is not None:
+            embedded = embedded + self.category(categories)
         x = self.dropout(self.norm(embedded + self.position.weight[:seq.shape[1]]))
         padding = seq == 0
         padding[:, 0] = False  # an empty sequence attends to its padding (its output is zeroed), not to nothing (NaN)
         causal = nn.Transformer.generate_square_subsequent_mask(seq.shape[1], device=seq.device) if self.causal else None
         hidden = self.encoder(x, mask=causal, src_key_padding_mask=padding, is_causal=self.causal)
+        if pooling == "mean":
+            valid = (torch.arange(seq.shape[1], device=seq.device) < lengths.unsqueeze(-1)).unsqueeze(-1)
+            return (hidden * valid).sum(1) / valid.sum(1).clamp(min=1), embedded
         last = hidden.gather(1, (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, hidden.shape[-1])).squeeze(1)
         return last * (lengths > 0).unsqueeze(-1), embedded
 
@@ -96,7 +115,7 @@ class MFN(SequentialRecommender):
     """MFN (macro-micro fusion). Config keys in ``properties/model/MFN.yaml``."""
 
     config_choices = {"views": ("both", "macro", "micro"), "gate": ("softmax3", "off"),
-                      "align_pool": ("conv", "attn"), "mim_type": ("infonce", "jsd"),
+                      "align_pool": ("conv", "attn"), "mim_type": ("infonce", "jsd"), "user_pooling": ("mean", "last"),
                       "task": ("next_item", "user_classification")}
     config_ranges = {"hidden_size": "[1, inf)", "n_layers": "[1, inf)", "n_heads": "[1, inf)", "inner_size": "[1, inf)",
                      "mim_weight": "[0, inf)", "mim_temperature": "(0, inf)", "conv_filters": "[1, inf)"}
@@ -109,15 +128,21 @@ class MFN(SequentialRecommender):
         self.mim_type, self.temperature = config["mim_type"], float(config["mim_temperature"])
         self.app_field, self.app_cate_field = config["macro_app_field"], config["macro_cate_field"]
         self.app_time_field, self.time_field = config["macro_time_field"], config["TIME_FIELD"]
+        # the next item is scored from the last position (its query); a user vector pools the whole view
+        self.pooling = config["user_pooling"] if self.task == "user_classification" else "last"
         self.item_embedding = Table(self.n_items, d, padding_idx=0)
-        self.micro = ViewEncoder(self.item_embedding, self.max_seq_length, config)
         self.n_app_cates = dataset.num(self.app_cate_field)
         self.n_item_cates = dataset.num(config["item_cate_field"])
+        with_categories = bool(config["category_embedding"])
+        self.micro = ViewEncoder(self.item_embedding, self.max_seq_length, config,
+                                 n_categories=self.n_item_cates if with_categories else 0)
         self.register_buffer("item_cate", dataset.item_feat[config["item_cate_field"]].long(), persistent=False)
         macro_len = dataset.field2seqlen[self.app_field]
         self.macro = ViewEncoder(Table(dataset.num(self.app_field), d, padding_idx=0), macro_len, config,
-                                 causal=bool(config["macro_causal"]))
+                                 causal=bool(config["macro_causal"]),
+                                 n_categories=self.n_app_cates if with_categories else 0)
         self.affinity = nn.Parameter(torch.empty(d, d))
+        self.align_norm = bool(config["align_norm"])
         self.align_pool = config["align_pool"]
         filters, kernel, pool = config["conv_filters"], config["conv_kernel"], config["conv_pool"]
         self.conv = nn.Sequential(nn.Conv2d(1, filters, kernel, padding=kernel // 2), nn.ReLU(),
@@ -130,7 +155,8 @@ class MFN(SequentialRecommender):
 
     def _init_weights(self, module: nn.Module) -> None:
         """N(0, 0.02) for embeddings, linears and the bilinear matrices; LayerNorm 1 / 0 (as the official repository's
-        ``init_weights``)."""
+        ``init_weights``); under ``align_norm`` the affinity W_b starts as the identity (M: the scaled similarity of the
+        normalised category means)."""
         if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
             module.weight.data.normal_(0.0, 0.02)
         if isinstance(module, (nn.Linear, nn.Conv2d)) and module.bias is not None:
@@ -141,6 +167,8 @@ class MFN(SequentialRecommender):
             module.weight.data.fill_(1.0), module.bias.data.zero_()
         if module is self:
             nn.init.normal_(self.affinity, 0.0, 0.02), nn.init.normal_(self.mim_critic, 0.0, 0.02)
+            if self.align_norm:
+                nn.init.eye_(self.affinity)
 
     def macro_view(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The macro sequence with events at or after the row's time masked (they are at the tail: time order), cut
@@ -153,29 +181,39 @@ class MFN(SequentialRecommender):
         width = max(int(lengths.max()), 1) if len(lengths) else 1
         return (apps * visible)[:, :width], (interaction[self.app_cate_field] * visible)[:, :width], lengths
 
+    def alignment(self, e_g: torch.Tensor, app_cates: torch.Tensor, e_l: torch.Tensor,
+                  item_cates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Category alignment of the two views' input embeddings.
+        e_g: [B, Lg, d], app_cates: [B, Lg], e_l: [B, Ll, d], item_cates: [B, Ll] -> (M [B, Cg, Cl], m [B, d])"""
+        t_g, present_g = category_means(e_g, app_cates, self.n_app_cates)
+        t_l, present_l = category_means(e_l, item_cates, self.n_item_cates)
+        present = present_g.unsqueeze(2) & present_l.unsqueeze(1)  # [B, Cg, Cl]
+        scale = 1.0
+        if self.align_norm:  # absent categories' zero rows stay zero
+            t_g, t_l = F.layer_norm(t_g, t_g.shape[-1:]), F.layer_norm(t_l, t_l.shape[-1:])
+            scale = t_g.shape[-1] ** -0.5
+        affinity = torch.tanh(t_g @ self.affinity @ t_l.transpose(1, 2) * scale) * present
+        if self.align_pool == "conv":
+            return affinity, self.conv(affinity.unsqueeze(1))
+        weights = torch.softmax(affinity.flatten(1).masked_fill(~present.flatten(1), -1e9), -1)
+        weights = (weights * present.flatten(1)).view_as(affinity)
+        return affinity, torch.einsum("bgl,bgd,bld->bd", weights, t_g, t_l)
+
     def forward(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """-> (u, u_g, u_l), each [B, d]"""
         items, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        item_cates = self.item_cate[items]
         u_l = e_l = u_g = e_g = None
         if self.views != "macro":
-            u_l, e_l = self.micro(items, lengths)
+            u_l, e_l = self.micro(items, lengths, item_cates, self.pooling)
         if self.views != "micro":
             apps, app_cates, g_len = self.macro_view(interaction)
-            u_g, e_g = self.macro(apps, g_len)
+            u_g, e_g = self.macro(apps, g_len, app_cates, self.pooling)
         if self.views == "macro":
             return u_g, u_g, u_g
         if self.views == "micro":
             return u_l, u_l, u_l
-        t_g, present_g = category_means(e_g, app_cates, self.n_app_cates)
-        t_l, present_l = category_means(e_l, self.item_cate[items], self.n_item_cates)
-        present = present_g.unsqueeze(2) & present_l.unsqueeze(1)  # [B, Cg, Cl]
-        affinity = torch.tanh(t_g @ self.affinity @ t_l.transpose(1, 2)) * present
-        if self.align_pool == "conv":
-            m = self.conv(affinity.unsqueeze(1))
-        else:
-            weights = torch.softmax(affinity.flatten(1).masked_fill(~present.flatten(1), -1e9), -1)
-            weights = (weights * present.flatten(1)).view_as(affinity)
-            m = torch.einsum("bgl,bgd,bld->bd", weights, t_g, t_l)
+        m = self.alignment(e_g, app_cates, e_l, item_cates)[1]
         parts = torch.stack([u_g, u_l, m], 1)  # [B, 3, d]
         if self.gate_mode == "off":
             return parts.mean(1), u_g, u_l

@@ -34,22 +34,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from recbole_ext.files import alive
+
 
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, sep="\t", index=False)
 
 
 _STARTED = time.time()  # no later than this process's start of any conversion
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _clean_stale_partials(root: Path, name: str) -> None:
@@ -61,7 +53,7 @@ def _clean_stale_partials(root: Path, name: str) -> None:
         if not folder.name.startswith(prefix) or not pid.isdigit() or not folder.is_dir():
             continue  # a folder of an older version has no pid: it may be live, so it stays
         own = int(pid) == os.getpid()
-        if (own and folder.stat().st_mtime < _STARTED) or (not own and not _alive(int(pid))):
+        if (own and folder.stat().st_mtime < _STARTED) or (not own and not alive(int(pid))):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -22,7 +22,8 @@ pip_in() { "$1/bin/python" -m pip install --disable-pip-version-check -q "${@:2}
 # With an NVIDIA GPU that build is what we want; without one, the CPU build: a local wheel where pip's configured
 # find-links has one, else PyTorch's CPU index (its other requirements come from PyPI either way).
 install_torch() {
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
+     || [ "$(uname -sm)" != "Linux x86_64" ]; then  # PyTorch's +cpu builds exist for Linux x86_64 only
     pip_in "$1" "torch==$TORCH"
   elif pip_in "$1" --no-index --no-deps "torch==$TORCH+cpu" 2>/dev/null; then
     pip_in "$1" "torch==$TORCH+cpu"
@@ -50,9 +51,10 @@ setup() {
 # The wheel as a user gets it: built from this tree, installed into an empty venv (pip's cache serves what the
 # test venv already downloaded), then used from an empty folder: list, a 1-epoch run, recommend on its checkpoint.
 wheel_check() {
-  local tmp; tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' RETURN
-  "$PY" -m pip wheel --disable-pip-version-check -q --no-deps . -w "$tmp/dist"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT  # also when a check fails (set -e): no venv left behind
+  "$PY" -m venv "$tmp/venv"  # the venv's own pip builds the wheel: the system Python may have none
+  "$tmp/venv/bin/python" -m pip wheel --disable-pip-version-check -q --no-deps . -w "$tmp/dist"
   install_stack "$tmp/venv" "$tmp"/dist/recbole_ext-*.whl
   mkdir "$tmp/work"
   (

@@ -126,7 +126,9 @@ def check_unchanged(saved: dict | None, current: dict, source: str | Path) -> No
     """Refuse (one line) a dataset that differs from the checkpoint's; warn for a checkpoint without fingerprint."""
     if saved is None:
         warnings.warn(f"{source} has no dataset fingerprint (written by an older recbole_ext): whether dataset "
-                      f"{current['dataset']!r} changed since cannot be checked", stacklevel=2)
+                      f"{current['dataset']!r} changed since cannot be checked; under protocol comirec its user "
+                      "split is now ComiRec's own (Python's shuffle), so such a checkpoint's test users may include "
+                      "users it trained on", stacklevel=2)
         return
     what = changes(saved, current)
     if what:

@@ -295,15 +295,30 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text} (run again with --debug for the traceback)"
 
 
+def _stdout_closed() -> bool:
+    """Whether our own output pipe is the broken one: a newline to it fails too (harmless where it is fine)."""
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
         return _dispatch(argv)
-    except BrokenPipeError:  # the output went to a pipe closed early (| head): not an error of ours
-        sys.stdout = open(os.devnull, "w")
-        return 0
+    except BrokenPipeError as exc:
+        if _stdout_closed():  # the output went to a pipe closed early (| head): not an error of ours
+            sys.stdout = open(os.devnull, "w")
+            return 0
+        if debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)  # another pipe (a worker, gloo, Ray) broke
+        return 2
     except (Exception, KeyboardInterrupt) as exc:
         if debug:
             raise

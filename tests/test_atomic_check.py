@@ -193,3 +193,19 @@ def test_quoted_values_are_left_to_pandas_and_single_column_files_are_checked(tm
     empty.write_text("")
     with pytest.raises(ValueError, match="z.item is empty or its first line is blank"):
         check_file(str(empty), config, FeatureSource.ITEM, None, set())
+
+
+def test_quoted_numbers_and_an_unused_rating_with_gaps_load(tmp_path):
+    """Every value quoted (a common CSV export) reads as numbers through pandas; a sequential run that never reads
+    the rating is not refused for an empty one (it was, after the checks landed; RecBole's fill is harmless there)."""
+    folder = write_seq_dataset(tmp_path / "data", "quoted", n_users=4, per_user=6)
+    lines = (folder / "quoted.inter").read_text().splitlines()
+    rows = [lines[0]] + ["\t".join(f'"{v}"' for v in line.split("\t")) for line in lines[1:]]
+    (folder / "quoted.inter").write_text("\n".join(rows) + "\n")
+    assert _dataset(tmp_path / "data", "quoted").inter_num == 24
+    folder = write_seq_dataset(tmp_path / "data", "rated", n_users=4, per_user=6)
+    lines = (folder / "rated.inter").read_text().splitlines()
+    lines = [lines[0] + "\trating:float"] + [line + ("\t" if i == 3 else "\t4") for i, line in enumerate(lines[1:])]
+    (folder / "rated.inter").write_text("\n".join(lines) + "\n")
+    dataset = _dataset(tmp_path / "data", "rated", load_col={"inter": ["user_id", "item_id", "timestamp", "rating"]})
+    assert dataset.inter_num == 24

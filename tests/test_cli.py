@@ -36,3 +36,12 @@ def test_unexpected_errors_are_one_line_and_debug_keeps_the_traceback(monkeypatc
     assert err == "error: KeyError: 'item_id' (run again with --debug for the traceback)\n"
     with pytest.raises(KeyError):
         cli.main(["--model=ComiRec", "--dataset=ml-100k", "--debug"])
+
+
+def test_a_broken_pipe_inside_a_run_is_an_error_not_a_success(monkeypatch, capsys):
+    def broken(args, fixed):
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a worker's connection, while our stdout is fine
+
+    monkeypatch.setattr(cli, "_train", broken)
+    assert cli.main(["--model=ComiRec", "--dataset=ml-100k"]) == 2
+    assert "BrokenPipeError" in capsys.readouterr().err

@@ -225,7 +225,8 @@ def needed_fields(config, source) -> dict[str, str]:
             needs[config["TIME_FIELD"]] = "it orders the split (eval_args order: TO)"
         for field in config["threshold"] or {}:
             needs[field] = "threshold derives the label from it"
-        needs.setdefault(config["RATING_FIELD"], "it is the rating")
+        if config["protocol"] in ("ctr", "libfm") or config["feedback_field"] == config["RATING_FIELD"]:
+            needs.setdefault(config["RATING_FIELD"], "it is the rating")  # only where the run reads it
         needs[config["LABEL_FIELD"]] = "it is the label"
     elif source == FeatureSource.USER and config["task"] == "user_classification" and config["label"]:
         needs[config["label"]] = "task: user_classification predicts it"
@@ -241,6 +242,9 @@ def incomplete_rows(path: str, lines: Lines, separators: np.ndarray, fields: lis
         if name not in needs:
             continue
         starts, ends = column_bounds(lines, separators, column)
+        quoted = (ends > starts) & (lines.data[np.minimum(starts, len(lines.data) - 1)] == ord('"'))
+        if quoted.any():  # pandas unquotes "978300760" into a number: leave quoted columns to it
+            continue
         if kind == "float":
             classes = classes or ByteClasses(lines.data, sep, len(lines.starts))
         bad = non_numbers(lines.data, starts, ends, classes) if kind == "float" else ends == starts

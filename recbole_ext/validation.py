@@ -212,7 +212,8 @@ def _check_eval_negatives(merged: dict, dataset: str | None) -> None:
     if merged.get("eval_protocol") != "fixed_negatives" or not isinstance(merged.get("eval_neg_num"), int):
         return
     folder = Path(str(merged.get("data_path") or "dataset/")) / str(dataset)
-    if dataset and any((folder / f"{dataset}.{phase}.neg").is_file() for phase in ("valid", "test")):
+    # both lists shipped: nothing is sampled; with one missing, that split still samples eval_neg_num per row
+    if dataset and all((folder / f"{dataset}.{phase}.neg").is_file() for phase in ("valid", "test")):
         return
     largest = max((k for k in _as_list(merged.get("topk")) if isinstance(k, int)), default=0)
     if merged["eval_neg_num"] + 1 < largest:

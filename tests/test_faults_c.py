@@ -186,3 +186,16 @@ def test_a_sweep_trial_larger_than_the_cluster_fails_at_once(tiny, tmp_path, mon
                                          "has 2; lower them"):
         run_sweep("ComiRec", "tiny", {"learning_rate": tune.choice([0.01])}, config_dict=tiny, cpus_per_trial=4,
                   storage_path=tmp_path / "ray")
+
+
+def test_eval_neg_num_is_checked_when_only_one_split_ships_its_negatives(tmp_path):
+    from recbole_ext.validation import _check_eval_negatives
+
+    folder = tmp_path / "half"
+    folder.mkdir()
+    (folder / "half.valid.neg").write_text("user_id:token\titem_id:token\tneg_items:token_seq\n")
+    merged = {"eval_protocol": "fixed_negatives", "eval_neg_num": 3, "topk": [5, 50], "data_path": str(tmp_path)}
+    with pytest.raises(ValueError, match="eval_neg_num: 3 negatives"):  # the test split still samples 3 per row
+        _check_eval_negatives(merged, "half")
+    (folder / "half.test.neg").write_text("user_id:token\titem_id:token\tneg_items:token_seq\n")
+    _check_eval_negatives(merged, "half")  # both shipped: nothing is sampled, nothing to check

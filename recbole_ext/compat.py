@@ -177,6 +177,7 @@ def sanitize_argv() -> None:
 
 
 def setup_worker() -> None:
-    """Ray ``worker_process_setup_hook``: shims, plugin registry, clean argv in every worker process."""
+    """Ray ``worker_process_setup_hook``: a clean argv in every worker process. The shims and the plugin registry
+    are already there: Ray imports this hook by its dotted name, and importing ``recbole_ext.compat`` runs
+    ``recbole_ext/__init__`` (:func:`apply`, then the registry) first."""
     sanitize_argv()
-    import recbole_ext  # noqa: F401  (applies the shims and registers the models)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from recbole_ext import registry
+from recbole_ext import properties, registry
 
 _KEY = re.compile(r"^([A-Za-z_][\w.-]*)\s*:")
 
@@ -66,7 +66,7 @@ def model_keys(model: str) -> list[KeyDoc]:
     parents = [registry._YAMLS.get(c.__name__, recbole / "model" / f"{c.__name__}.yaml")
                for c in registry.MODELS[model].__mro__[1:]]
     sources = [(p, f"as {p.stem}: ", False) for p in parents if p.is_file()] + [
-        (registry.properties_dir() / "overall.yaml", "", False)] + [
+        (properties.FOLDER / "overall.yaml", "", False)] + [
         (recbole / f, "RecBole's key: ", True) for f in ("overall.yaml", "dataset/sample.yaml")]
     borrowed = [{k.name: prefix + k.description for k in parse_yaml(p, trailing)[1] if k.description}
                 for p, prefix, trailing in sources]
@@ -76,9 +76,9 @@ def model_keys(model: str) -> list[KeyDoc]:
 
 def protocol_keys(name: str) -> list[KeyDoc]:
     """The keys a protocol preset sets (``properties/protocol/<name>.yaml``; ``overall``: the plugin-wide keys)."""
-    path = registry.properties_dir() / ("overall.yaml" if name == "overall" else f"protocol/{name}.yaml")
+    path = properties.FOLDER / ("overall.yaml" if name == "overall" else f"protocol/{name}.yaml")
     if not path.is_file():
-        raise ValueError(f"unknown protocol {name!r}; protocols: {', '.join(registry.protocols())}")
+        raise ValueError(f"unknown protocol {name!r}; protocols: {', '.join(properties.protocols())}")
     return parse_yaml(path)[1]
 
 
@@ -99,7 +99,7 @@ def _intro(model: str) -> str:
     path = _model_yaml(model)
     if path is None:
         return f"{model} has no YAML of its own"
-    root = registry.properties_dir()
+    root = properties.FOLDER
     source = f"properties/{path.relative_to(root).as_posix()}" if path.is_relative_to(root) else str(path)
     summary = parse_yaml(path)[0]
     return f"Defaults of `{source}`" + (f": {summary}" if summary else "")

@@ -19,13 +19,22 @@ from __future__ import annotations
 
 import importlib
 import sys
-from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from recbole_ext import validation
+import recbole.trainer
+from recbole.config.configurator import Config
+from recbole.model.abstract_recommender import AbstractRecommender
+import recbole.utils
+
+from recbole_ext import properties, validation
 from recbole_ext.compat import model_file
-from recbole_ext.model.context_aware.regression import RAW_SCORE_MODELS, needs_regression, regress_raw_score
+from recbole_ext.data.ctr import RAW_SCORE_MODELS, needs_regression
+from recbole_ext.data.hooks import install_hooks
+from recbole_ext.evaluation import register_metrics
+from recbole_ext.model.context_aware.regression import regress_raw_score
+from recbole_ext.model.user_task import for_user_task
+from recbole_ext.trainer.base import default_trainer
 
 MODEL_GROUP = "recbole.models"
 TRAINER_GROUP = "recbole.trainers"
@@ -46,20 +55,11 @@ class RegistryError(RuntimeError):
     """A plugin model cannot be registered (name clash, bad entry point)."""
 
 
-def properties_dir() -> Path:
-    """Folder of the YAMLs shipped with recbole_ext (``properties/`` in the source tree)."""
-    return Path(str(resources.files("recbole_ext.properties")))
-
-
-def protocols() -> list[str]:
-    return sorted(p.stem for p in (properties_dir() / "protocol").glob("*.yaml")) + ["recbole"]
-
-
 def _find_yaml(cls: type) -> Path | None:
     """``<Name>.yaml``: ours in properties/model/; another distribution's beside its module or in its
     top-level package's properties/model/."""
     if cls.__module__.startswith("recbole_ext."):
-        candidates = [properties_dir() / "model" / f"{cls.__name__}.yaml"]
+        candidates = [properties.FOLDER / "model" / f"{cls.__name__}.yaml"]
     else:
         module_file = Path(sys.modules[cls.__module__].__file__)
         top = module_file.parents[max(cls.__module__.count("."), 1) - 1]
@@ -95,11 +95,7 @@ def register_model(cls: type, trainer: type | None = None) -> None:
     module.__recbole_ext_alias__ = True
     sys.modules[f"recbole.model.{_SUBMODULES[model_type]}.{name.lower()}"] = module
 
-    import recbole.trainer
-
     if trainer is None and not hasattr(recbole.trainer, f"{name}Trainer"):
-        from recbole_ext.trainer.base import default_trainer
-
         trainer = default_trainer(cls)
     if trainer is not None:
         setattr(recbole.trainer, f"{name}Trainer", trainer)
@@ -127,34 +123,29 @@ def register_all() -> None:
             raise RegistryError(f"entry point {name!r} must point to a class of the same name, got {cls!r}")
         register_model(cls, trainers.get(name))
     _wrap_config()
-    from recbole_ext.data.protocol import install_hooks
-    from recbole_ext.evaluation import register_metrics
-
     install_hooks()
     register_metrics()
 
 
 def _wrap_config() -> None:
-    from recbole.config.configurator import Config
-
     if getattr(Config._load_internal_config_dict, "_recbole_ext", False):
         return
     original = Config._load_internal_config_dict
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         original(self, model, model_class, dataset)
-        self._update_internal_config_dict(str(properties_dir() / "overall.yaml"))
+        self._update_internal_config_dict(str(properties.FOLDER / "overall.yaml"))
         if model in _YAMLS:
             self._update_internal_config_dict(str(_YAMLS[model]))
         merged = {**self.internal_config_dict, **self.external_config_dict}
         protocol = merged.get("protocol")
         if protocol not in (None, "recbole"):
-            preset = properties_dir() / "protocol" / f"{protocol}.yaml"
+            preset = properties.FOLDER / "protocol" / f"{protocol}.yaml"
             if not preset.is_file():
-                raise ValueError(f"protocol: unknown value {protocol!r}; choose one of {protocols()}")
+                raise ValueError(f"protocol: unknown value {protocol!r}; choose one of {properties.protocols()}")
             self._update_internal_config_dict(str(preset))
         if merged.get("task") == "user_classification":  # one row per user, the label a user field
-            self._update_internal_config_dict(str(properties_dir() / "protocol" / "user_classification.yaml"))
+            self._update_internal_config_dict(str(properties.FOLDER / "protocol" / "user_classification.yaml"))
             self.internal_config_dict["LABEL_FIELD"] = label = merged.get("label")
             given = self.external_config_dict if "load_col" in self.external_config_dict else self.internal_config_dict
             columns = given.get("load_col")
@@ -176,18 +167,12 @@ def build_model(config, dataset):
     """A fresh model of ``config["model"]`` on ``dataset``, as RecBole builds it; RecBole's CTR models regress
     ±1 labels on their raw score under ``loss_type: MSE`` (protocol libfm); under ``task: user_classification`` a
     model without a user head gets one (:mod:`recbole_ext.model.user_task`). Every entry point builds through here."""
-    from recbole.utils import get_model
-
-    from recbole_ext.model.user_task import for_user_task
-
-    model = get_model(config["model"])(config, dataset).to(config["device"])
+    model = recbole.utils.get_model(config["model"])(config, dataset).to(config["device"])  # compat patches get_model
     return regress_raw_score(model) if needs_regression(config) else for_user_task(config, dataset, model)
 
 
 def builtin_models() -> list[str]:
     """Class names of RecBole's own models (exlib models need lightgbm/xgboost and are left out)."""
-    from recbole.model.abstract_recommender import AbstractRecommender
-
     names = set()
     for sub in _BUILTIN_SUBMODULES:
         package = importlib.import_module(f"recbole.model.{sub}")

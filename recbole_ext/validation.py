@@ -28,6 +28,9 @@ from pathlib import Path
 
 import yaml
 
+from recbole_ext.files import check_writable
+from recbole_ext.properties import FOLDER
+
 # keys every model shares; a model's own ranges live on its class (``config_ranges``)
 RANGES = {
     "epochs": "[1, inf)", "train_batch_size": "[1, inf)", "eval_batch_size": "[1, inf)", "learning_rate": "[0, inf)",
@@ -51,10 +54,8 @@ _INTERVAL = re.compile(r"^([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])$")
 def known_keys() -> frozenset[str]:
     import recbole
 
-    from recbole_ext.registry import properties_dir
-
     keys = set(RECBOLE_RUNTIME)
-    for folder in (Path(recbole.__file__).parent / "properties", properties_dir()):
+    for folder in (Path(recbole.__file__).parent / "properties", FOLDER):
         for path in folder.rglob("*.yaml"):
             loaded = yaml.safe_load(path.read_text())
             if isinstance(loaded, dict):
@@ -165,7 +166,6 @@ def check_protocol(model: str, model_class: type, merged: dict) -> None:
 
 def check_dependent(merged: dict, dataset: str | None = None) -> None:
     """Values that are wrong only together, each of which used to fail after a full epoch or at the first save."""
-    from recbole_ext.files import check_writable
 
     _check_valid_metric(merged)
     _check_eval_negatives(merged, dataset)

@@ -1,6 +1,6 @@
 """Atomic files checked before RecBole parses them, in one place: a wrap of ``Dataset._load_feat``, the one method
 through which RecBole reads every atomic file (``.inter``, the benchmark ``.<part>.inter`` files, ``.user``, ``.item``
-and additional features), installed with the other data hooks (:func:`recbole_ext.data.protocol.install_hooks`).
+and additional features), installed with the other data hooks (:func:`recbole_ext.data.hooks.install_hooks`).
 
 RecBole reads these files with pandas' Python parser and fills what is missing, so a broken file either fails with a
 message naming neither file nor line or, worse, loads as a silently different dataset: a tab inside an id shifts the

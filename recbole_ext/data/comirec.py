@@ -19,7 +19,7 @@
 * Retrieval is a full ranking over all items (multi-interest models: max over interests); history items are not
   masked, as in ComiRec and Re4. Model selection is on the **valid** users (the Re4 code selects on test).
 
-It plugs in through ``SequentialDataset.build`` and ``get_dataloader`` (see :func:`recbole_ext.data.protocol.install_hooks`).
+It plugs in through ``SequentialDataset.build`` and ``get_dataloader`` (see :func:`recbole_ext.data.hooks.install_hooks`).
 """
 
 from __future__ import annotations

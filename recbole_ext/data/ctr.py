@@ -1,10 +1,12 @@
 """Data rules of the CTR protocol that RecBole's ``Dataset`` lacks, as two wraps installed with the other data
-hooks (:func:`recbole_ext.data.protocol.install_hooks`); both do nothing unless their key is set.
+hooks (:func:`recbole_ext.data.hooks.install_hooks`); both do nothing unless their key is set.
 
 * ``feedback_field`` (set by models that read per-interaction feedback, e.g. MARIF's ``rating``): RecBole's
   ``threshold`` derives the label from that field and then **drops** it (``Dataset._set_label_by_threshold``);
   here it is kept beside the label. Models that do not ask keep RecBole's behaviour, so RecBole's context-aware
   models never see the rating as a feature of its own row.
+* ``loss_type: MSE`` on one of RecBole's raw-score CTR models (``protocol: libfm``): the train loader is
+  :class:`RegressionTrainLoader`, which RecBole's plain ``Trainer`` may not iterate (it would fit BCE on ±1 labels).
 * ``eval_seen_only`` (``protocol: ctr`` sets ``[item_id]``): valid/test rows whose value of one of these fields
   never occurs in the training split are dropped, as MARIF's reference keeps only test rows of items seen in
   training; every model of one protocol then scores the same rows.
@@ -15,7 +17,25 @@ from __future__ import annotations
 from logging import getLogger
 
 import numpy as np
+from recbole.data.dataloader import TrainDataLoader
 from recbole.data.dataset import Dataset
+
+from recbole_ext.data.guard import NeedsPluginTrainer
+
+RAW_SCORE_MODELS = frozenset({"AFM", "AutoInt", "DCN", "DeepFM", "DSSM", "EulerNet", "FFM", "FiGNN", "FM", "FNN",
+                              "FwFM", "LR", "NFM", "PNN", "WideDeep", "xDeepFM"})  # raw score, then sigmoid
+
+
+def needs_regression(config) -> bool:
+    """A RecBole CTR model asked for squared error (``loss_type: MSE``, set by ``protocol: libfm``)."""
+    return config["model"] in RAW_SCORE_MODELS and config["loss_type"] == "MSE"
+
+
+class RegressionTrainLoader(NeedsPluginTrainer, TrainDataLoader):
+    """RecBole's TrainDataLoader, refusing RecBole's plain Trainer."""
+
+    refusal = ("protocol libfm: RecBole's own Trainer would train {model} with BCE on ±1 labels; run it with "
+               "recbole_ext.run() or run_recbole_ext.py")
 
 
 def _keep_feedback(set_label):

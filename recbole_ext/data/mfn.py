@@ -19,13 +19,13 @@ view as time-ordered parallel ``macro_app_seq`` / ``macro_cate_seq`` / ``macro_t
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from recbole_ext.data.user_task import split_by_token
+from recbole_ext.files import replace_file
 
 VERSION = 1
 MACRO_LEN = 50
@@ -121,10 +121,7 @@ def generate(folder: Path, name: str, seed: int = 2021) -> Path:
     out = Path(folder) / name
     out.mkdir(parents=True, exist_ok=True)
     for suffix, frame in files.items():  # each file whole or not at all
-        handle, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        os.close(handle)
-        frame.to_csv(tmp, sep="\t", index=False)
-        os.replace(tmp, out / f"{name}.{suffix}")
+        replace_file(lambda tmp, frame=frame: frame.to_csv(tmp, sep="\t", index=False), out / f"{name}.{suffix}")
     (out / f"{name}.json").write_text(json.dumps({"generator": "recbole_ext.data.mfn", "version": VERSION,
                                                   "seed": seed, **size}, indent=1))
     return out
@@ -188,32 +185,3 @@ def oracle(folder: Path, name: str, label: str = "gender", seed: int = 2020,
         out[view] = float(roc_auc_score(y[test], proba[:, 1]) if proba.shape[1] == 2 else
                           roc_auc_score(y[test], proba, multi_class="ovr", average="macro"))
     return out
-
-
-
-def split_by_token(tokens: np.ndarray, seed: int, ratios: list[float]) -> tuple[np.ndarray, ...]:
-    """Positions in ``tokens`` of each part of a seeded user split made over the sorted raw ids, so that RecBole's
-    remapped ids and a plain file read (the oracle) put the same users in the same part: a numpy permutation cut at
-    ``int(r0·n)`` and ``int((r0 + r1)·n)``. [U] -> three position arrays"""
-    shuffled = np.argsort(tokens, kind="stable")[np.random.default_rng(seed).permutation(len(tokens))]
-    return tuple(np.split(shuffled, [int(ratios[0] * len(tokens)), int((ratios[0] + ratios[1]) * len(tokens))]))
-
-
-USER_TASK_REFUSAL = ("task user_classification: RecBole's own Trainer would train {model}'s own objective on the user "
-                     "rows; run it with run_recbole_ext.py or recbole_ext.run(), which put a head on its user vector")
-
-
-def user_task_build(dataset) -> list:
-    """[train, valid, test] of the user-level task from a loaded ``SequentialDataset``: each user's last
-    augmented row (its micro history up to its last event, whose time is the row's observation cutoff), users
-    shuffled with ``user_split_seed`` and cut by ``user_split``."""
-    import torch
-
-    dataset._change_feat_format()  # DataFrame -> Interaction, then RecBole's prefix augmentation (sorted by user)
-    config, feat = dataset.config, dataset.inter_feat
-    users = feat[dataset.uid_field].numpy()
-    ids, start, counts = np.unique(users, return_index=True, return_counts=True)
-    last = start + counts - 1
-    tokens = np.asarray(dataset.field2id_token[dataset.uid_field])[ids]
-    parts = split_by_token(tokens, int(config["user_split_seed"]), list(config["user_split"]))
-    return [dataset.copy(feat[torch.as_tensor(np.sort(last[part]))]) for part in parts]

@@ -1,6 +1,6 @@
 """The fixed-negatives evaluation protocol (``eval_protocol: fixed_negatives``, preset ``protocol: rechorus``).
 
-It plugs into RecBole's ``data_preparation`` through the two module globals that function looks up at call
+It plugs into RecBole's ``data_preparation`` (:mod:`recbole_ext.data.hooks`) through the two module globals it looks up at call
 time, ``recbole.data.utils.create_samplers`` and ``get_dataloader``; both wrappers delegate to RecBole unless
 the protocol is on:
 
@@ -22,15 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
-from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import ModelType
 
-from recbole_ext.data import atomic_check, ctr
-from recbole_ext.data.comirec import ComiRecEvalDataLoader, comirec_build, comirec_filter
-from recbole_ext.data.guard import NeedsPluginTrainer, guarded
-from recbole_ext.data.mfn import USER_TASK_REFUSAL
-from recbole_ext.model.context_aware.regression import RegressionTrainLoader, needs_regression
+from recbole_ext.data.guard import NeedsPluginTrainer
 
 CANDIDATES = "candidates"
 PHASES = {"valid": 1, "test": 2}
@@ -177,65 +172,3 @@ def eval_protocol(config) -> str:
     if mode != "recbole" and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         raise ValueError(f"eval_protocol: {mode!r} is for sequential models; use 'recbole' for {config['model']}")
     return mode
-
-
-def _protocol_on(config) -> bool:
-    return eval_protocol(config) == "fixed_negatives"
-
-
-def install_hooks() -> None:
-    """Wrap ``recbole.data.utils.create_samplers``, ``get_dataloader``, ``SequentialDataset.build`` and its
-    ``_filter_by_inter_num`` once (they delegate when no plugin protocol is on): the fixed-negatives protocol here, the ComiRec protocol of
-    :mod:`recbole_ext.data.comirec`, the fast train loader of sequential models
-    (:mod:`recbole_ext.data.sequential`), the CTR rules of :mod:`recbole_ext.data.ctr` and the atomic-file checks of
-    :mod:`recbole_ext.data.atomic_check`."""
-    import recbole.data.utils as data_utils
-
-    if getattr(data_utils.get_dataloader, "_recbole_ext", False):
-        return
-    create_samplers, get_dataloader = data_utils.create_samplers, data_utils.get_dataloader
-
-    def create_samplers_hook(config, dataset, built_datasets):
-        samplers = create_samplers(config, dataset, built_datasets)
-        if not _protocol_on(config):
-            return samplers
-        seen = None
-        if not all((Path(config["data_path"]) / f"{config['dataset']}.{p}.neg").is_file() for p in PHASES):
-            seen = user_item_keys(built_datasets, dataset.uid_field, dataset.iid_field,
-                                  dataset.item_id_list_field, dataset.item_num)
-        return (samplers[0], *(FixedNegatives(config, dataset, built_datasets, p, seen) for p in PHASES))
-
-    def get_dataloader_hook(config, phase):
-        if phase in PHASES and _protocol_on(config):
-            return FixedNegEvalDataLoader
-        if phase in PHASES and eval_protocol(config) == "comirec":
-            return ComiRecEvalDataLoader
-        if phase == "train" and needs_regression(config):
-            return RegressionTrainLoader
-        if phase == "train" and config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
-            from recbole_ext.data.sequential import train_loader_class
-
-            loader = train_loader_class(config) or get_dataloader(config, phase)
-            return guarded(loader, USER_TASK_REFUSAL) if config["task"] == "user_classification" else loader
-        return get_dataloader(config, phase)
-
-    create_samplers_hook._recbole_ext = get_dataloader_hook._recbole_ext = True
-    data_utils.create_samplers, data_utils.get_dataloader = create_samplers_hook, get_dataloader_hook
-
-    build, inter_num_filter = SequentialDataset.build, SequentialDataset._filter_by_inter_num
-
-    def build_hook(self):
-        if self.config["task"] == "user_classification":
-            from recbole_ext.data.mfn import user_task_build
-
-            return user_task_build(self)
-        return comirec_build(self) if eval_protocol(self.config) == "comirec" else build(self)
-
-    def filter_hook(self):  # ComiRec's one-pass filter first; RecBole's intervals still apply when set
-        if eval_protocol(self.config) == "comirec":
-            comirec_filter(self)
-        inter_num_filter(self)
-
-    SequentialDataset.build, SequentialDataset._filter_by_inter_num = build_hook, filter_hook
-    ctr.install()
-    atomic_check.install()  # every atomic file checked before RecBole parses it

@@ -1,7 +1,7 @@
 """The user-level task for any sequential model: ``task: user_classification`` with ``label: FIELD``.
 
 RecBole has no user-level task. The data side is shared by every model (``properties/protocol/user_classification.yaml``,
-:func:`recbole_ext.data.mfn.user_task_build`: one row per user, users split 8:1:1, the label a user field; metrics
+:func:`recbole_ext.data.user_task.user_task_build`: one row per user, users split 8:1:1, the label a user field; metrics
 ClassAUC / Accuracy / ClassPrecision / ClassRecall / F1 registered the RecBole way). The model side is this module: a
 model that has no head of its own (MFN has one) is wrapped by :class:`UserClassifier`, a :class:`UserHead` on the
 model's user vector, trained end to end with the head's loss (BCE for two label values, CE for more):

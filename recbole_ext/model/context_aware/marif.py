@@ -5,7 +5,7 @@ qinqinwang95113/MARIF, ``deepTrans/SeqMixModel_All_ContantNoGRU_Sample.py``, "MA
 Pointwise CTR on explicit ratings (``protocol: ctr``): no attention, no GRU, no embedding of the
 target user's or item's own id.
 
-* **User side**: N sampled (item, rating) pairs of the user's training history (:mod:`recbole_ext.data.history`,
+* **User side**: N sampled (item, rating) pairs of the user's training history (:mod:`recbole_ext.model.context_aware.history`,
   the "flexible up-down" sampler), each ``ReLU(P_u[E_fb(r); E_item(i)])``, mean-pooled -> h_u [B, hidden].
 * **Item side**: the same over N sampled (user, rating) pairs of the item's history, its own tables -> h_i.
 * **Profiles**: one table per user/item profile field (``user_profile_fields``, ``item_profile_fields``: token
@@ -33,7 +33,7 @@ from recbole.model.abstract_recommender import AbstractRecommender
 from recbole.utils import FeatureType, InputType, ModelType
 from torch import nn
 
-from recbole_ext.data.history import REMAINDER, UpDownSampler, feedback_levels
+from recbole_ext.model.context_aware.history import REMAINDER, UpDownSampler, feedback_levels
 from recbole_ext.model.layers import FastDropout
 
 

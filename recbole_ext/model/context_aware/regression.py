@@ -8,25 +8,15 @@ For the models below, checked against RecBole 1.2.1's source, ``calculate_loss``
 swapping the loss and the prediction on the instance is the whole change; the regularisers stay as they are.
 
 recbole_ext builds every model through :func:`recbole_ext.registry.build_model` and reloads through
-:func:`recbole_ext.quick_start.load`, which apply it. RecBole's own ``run_recbole`` would build the model unchanged
-and train BCE on ±1 labels without a word, so under regression the train loader is :class:`RegressionTrainLoader`,
-which only a recbole_ext trainer may iterate.
+:func:`recbole_ext.quick_start.load`, which apply it when :func:`recbole_ext.data.ctr.needs_regression` says so.
+RecBole's own ``run_recbole`` would build the model unchanged and train BCE on ±1 labels without a word, so under
+regression the train loader is :class:`recbole_ext.data.ctr.RegressionTrainLoader`, which only a recbole_ext trainer
+may iterate.
 """
 
 from __future__ import annotations
 
-from recbole.data.dataloader import TrainDataLoader
 from torch import nn
-
-from recbole_ext.data.guard import NeedsPluginTrainer
-
-RAW_SCORE_MODELS = frozenset({"AFM", "AutoInt", "DCN", "DeepFM", "DSSM", "EulerNet", "FFM", "FiGNN", "FM", "FNN",
-                              "FwFM", "LR", "NFM", "PNN", "WideDeep", "xDeepFM"})
-
-
-def needs_regression(config) -> bool:
-    """A RecBole CTR model asked for squared error (``loss_type: MSE``, set by ``protocol: libfm``)."""
-    return config["model"] in RAW_SCORE_MODELS and config["loss_type"] == "MSE"
 
 
 def regress_raw_score(model: nn.Module) -> nn.Module:
@@ -34,10 +24,3 @@ def regress_raw_score(model: nn.Module) -> nn.Module:
     model.loss = nn.MSELoss()
     model.predict = model.forward
     return model
-
-
-class RegressionTrainLoader(NeedsPluginTrainer, TrainDataLoader):
-    """RecBole's TrainDataLoader, refusing RecBole's plain Trainer."""
-
-    refusal = ("protocol libfm: RecBole's own Trainer would train {model} with BCE on ±1 labels; run it with "
-               "recbole_ext.run() or run_recbole_ext.py")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EQUIVALENCE_TESTS = ["tests/test_layers.py", "tests/test_sequential_path.py", "tests/test_re4.py",
-                     "tests/test_timirec.py"]
+EQUIVALENCE_TESTS = ["tests/test_speed_kernels.py", "tests/test_layers.py", "tests/test_sequential_path.py",
+                     "tests/test_re4.py", "tests/test_timirec.py"]
 
 
 def _cpu_flags() -> set[str]:

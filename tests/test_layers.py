@@ -3,30 +3,13 @@
 import torch
 
 from recbole_ext.model.layers import (
-    MultiInterestExtractor, SelfAttentionLayer, Table, bpr_loss, closest_interest, max_interest_scores,
-    reversed_positions,
+    MultiInterestExtractor, SelfAttentionLayer, bpr_loss, closest_interest, max_interest_scores, reversed_positions,
 )
 
 
 def test_reversed_positions_count_back_from_newest():
     seq = torch.tensor([[5, 6, 7, 0], [9, 0, 0, 0]])
     assert reversed_positions(seq, torch.tensor([3, 1])).tolist() == [[3, 2, 1, 0], [1, 0, 0, 0]]
-
-
-def test_table_matches_nn_embedding_values_and_gradients():
-    torch.manual_seed(0)
-    for padding_idx in (None, 0):
-        reference = torch.nn.Embedding(7, 3, padding_idx=padding_idx)
-        table = Table(7, 3, padding_idx=padding_idx)
-        table.load_state_dict(reference.state_dict())  # same parameter names: checkpoints load either way
-        ids = torch.tensor([[0, 2, 2], [5, 0, 2]])  # repeated ids and padding
-        weights = torch.randn(2, 3, 3)
-        (reference(ids) * weights).sum().backward()
-        (table(ids) * weights).sum().backward()
-        assert torch.equal(table(ids), reference(ids))
-        assert torch.allclose(table.weight.grad, reference.weight.grad, atol=1e-6)
-        assert table.weight.grad[1].abs().sum() == 0 and table.weight.grad[2].abs().sum() > 0
-        assert (table.weight.grad[0].abs().sum() == 0) == (padding_idx == 0)
 
 
 def test_extractor_takes_the_history_looked_up_by_the_caller():

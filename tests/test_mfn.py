@@ -13,7 +13,7 @@ from recbole.utils import init_seed
 
 from recbole_ext.data import mfn as mfn_data
 from recbole_ext.evaluation import F1, Accuracy, ClassAUC
-from recbole_ext.model.layers import FastDropout
+from recbole_ext.model.kernels import FastDropout
 from recbole_ext.model.sequential.mfn import category_means, info_nce
 from recbole_ext.quick_start import _build, build_config
 from recbole_ext.trainer.base import resolve_trainer

@@ -82,22 +82,6 @@ def test_folded_decoder_is_the_reference_decoder():
         assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_decoder_error_with_its_written_out_backward_is_the_autograd_definition():
-    torch.manual_seed(0)
-    b, k, length, d = 3, 2, 4, 5
-    decoder = Decoder(d, length).double()
-    z = torch.randn(b, k, d, dtype=torch.double, requires_grad=True)
-    items = torch.randn(b, length, d, dtype=torch.double, requires_grad=True)
-    valid = torch.arange(length).unsqueeze(0) < torch.tensor([[4], [2], [1]])
-    positives = (torch.rand(b, k, length) < 0.5) & valid.unsqueeze(1)
-    weights = [z, items, *decoder.parameters()]
-    fast = decoder.error(z, items, valid, positives)
-    slow = re_construct_loss(decoder(z, valid), items, positives)
-    assert fast.item() == pytest.approx(slow.item(), rel=1e-10) and fast.item() > 0
-    for ours, theirs in zip(torch.autograd.grad(3 * fast, weights), torch.autograd.grad(3 * slow, weights)):
-        assert torch.allclose(ours, theirs, rtol=1e-8, atol=1e-10)
-
-
 def test_per_item_extractor_path_equals_per_position_computation():
     torch.manual_seed(0)
     extractor = MultiInterestExtractor(6, 4, 8, 3, 5, add_pos=False, aggregate="raw", bias=False, value_proj=True)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_ext.model import kernels
+
 
 def init_normal(module: nn.Module, std: float = 0.01) -> None:
     """ReChorus initialisation: N(0, std²) for Embedding weights and for Linear weights *and* biases;
@@ -17,39 +19,6 @@ def init_normal(module: nn.Module, std: float = 0.01) -> None:
         nn.init.normal_(module.weight, 0.0, std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.normal_(module.bias, 0.0, std)
-
-
-class _GatherRows(torch.autograd.Function):
-    """``weight[ids]`` whose backward is one ``index_add_`` into a zero table: on CPU ~2.5x faster than
-    ``embedding_dense_backward`` (measured 0.45 vs 1.17 ms for 5,120 rows of a [8714, 64] table, 2 threads), and
-    deterministic (rows are added in index order)."""
-
-    @staticmethod
-    def forward(ctx, ids: torch.Tensor, weight: torch.Tensor, padding_idx: int | None) -> torch.Tensor:
-        ctx.save_for_backward(ids)
-        ctx.shape, ctx.padding_idx = weight.shape, padding_idx
-        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.size(1))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (ids,) = ctx.saved_tensors
-        grad_weight = grad.new_zeros(ctx.shape).index_add_(0, ids.reshape(-1), grad.reshape(-1, ctx.shape[1]))
-        if ctx.padding_idx is not None:
-            grad_weight[ctx.padding_idx] = 0
-        return None, grad_weight, None
-
-
-class Table(nn.Embedding):
-    """``nn.Embedding`` (same parameters, checkpoints and ``padding_idx`` rule) with the faster backward of
-    :class:`_GatherRows`; ``max_norm``/``sparse`` are not supported. ids: [...] -> [..., d]"""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.max_norm is not None or self.sparse:
-            raise ValueError("Table supports neither max_norm nor sparse gradients; use nn.Embedding")
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return _GatherRows.apply(ids, self.weight, self.padding_idx)
 
 
 def reversed_positions(item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -63,38 +32,39 @@ def reversed_positions(item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.T
 
 class SelfAttentionLayer(nn.Module):
     """One single-head, bidirectional, post-LayerNorm Transformer block without output projection and
-    with d_ff = d, dropout 0 (the TiMiRec reference layer). Padding keys are masked.
+    with d_ff = d, dropout 0 (the TiMiRec reference layer): ``z = LN1(attend(x W_qkv) + x)``,
+    ``out = LN2(FFN(z) + z)``, padding keys masked and padding rows of the output zero.
 
-    On CPU, where FLOPs dominate, the position-wise parts (the fused Q/K/V projection, both LayerNorms, the FFN)
-    run on the real items only, packed as ``[T, d]``; on a GPU, where the packing's host sync would cost more
-    than the padding, they run on the padded batch (``pack`` forces either). Attention is one
-    ``scaled_dot_product_attention`` on the padded batch. Padding rows of the output are zero either way.
-    Checkpoints with separate ``query``/``key``/``value`` weights load unchanged.
+    ``pack`` runs the position-wise parts (the fused Q/K/V projection, both LayerNorms, the FFN) on the real items
+    only (:func:`recbole_ext.model.kernels.packed_block`): None on CPU only, where FLOPs dominate (on a GPU the
+    packing's host sync costs more than the padding), True/False always/never. Checkpoints with separate
+    ``query``/``key``/``value`` weights load unchanged.
 
     x: [B, L, d], mask: [B, L] bool (True = real item) -> [B, L, d]
     """
 
     def __init__(self, d: int, pack: bool | None = None):
         super().__init__()
-        self.pack = pack  # None: on CPU only
+        self.pack = pack
         self.qkv = nn.Linear(d, 3 * d)
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.ffn = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if not (x.device.type == "cpu" if self.pack is None else self.pack):
-            q, k, v = self.qkv(x).chunk(3, dim=-1)
-            z = self.norm1(F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1)) + x)
-            return self.norm2(self.ffn(z) + z) * mask.unsqueeze(-1)
-        b, length, d = x.shape
-        real = mask.reshape(-1).nonzero().squeeze(1)  # [T] flat positions of real items
-        x_real = x.reshape(-1, d).index_select(0, real)  # [T, d]
-        qkv = x.new_zeros(b * length, 3 * d).index_copy(0, real, self.qkv(x_real)).view(b, length, 3 * d)
+        if x.device.type == "cpu" if self.pack is None else self.pack:
+            return kernels.packed_block(x, mask, self.qkv, self.attend, self.finish)
+        return self.finish(self.attend(self.qkv(x), mask), x) * mask.unsqueeze(-1)
+
+    @staticmethod
+    def attend(qkv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scaled dot-product attention over the real keys: [B, L, 3d], [B, L] -> [B, L, d]"""
         q, k, v = qkv.chunk(3, dim=-1)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))  # [B, L, d]
-        z = self.norm1(attended.reshape(-1, d).index_select(0, real) + x_real)  # [T, d]
-        out = self.norm2(self.ffn(z) + z)
-        return x.new_zeros(b * length, d).index_copy(0, real, out).view(b, length, d)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1))
+
+    def finish(self, attended: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Residual + LayerNorm, FFN, residual + LayerNorm, position-wise: [..., d], [..., d] -> [..., d]"""
+        z = self.norm1(attended + x)
+        return self.norm2(self.ffn(z) + z)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Fuse the separate projections of checkpoints written before the fused layer."""
@@ -117,18 +87,21 @@ class MultiInterestExtractor(nn.Module):
     item_seq: [B, L], lengths: [B] -> interests V: [B, K, d]; with ``details=True`` also the attention
     A [B, K, L] and its masked logits S [B, K, L] (padding = -inf). ``items``: the history's embeddings [B, L, d]
     when the caller looked them up together with its targets (one lookup, one dense gradient of the table).
+    ``speed_kernels`` (:mod:`recbole_ext.model.kernels`): the tables are ``Table``, the Transformer layer packs on
+    CPU, and without position embedding and Transformer the logits and values are computed once per item of the
+    table when it has fewer rows than the batch has positions; False: plain PyTorch, per position.
     """
 
     def __init__(self, n_items: int, d: int, attn_size: int, n_interests: int, max_len: int,
                  add_pos: bool = True, add_trm: bool = False, aggregate: str = "encoded", bias: bool = True,
-                 value_proj: bool = False):
+                 value_proj: bool = False, speed_kernels: bool = True):
         super().__init__()
         if aggregate not in ("encoded", "raw"):
             raise ValueError(f"aggregate must be 'encoded' or 'raw', got {aggregate!r}")
-        self.aggregate = aggregate
-        self.item_embedding = Table(n_items, d)
-        self.position_embedding = Table(max_len + 1, d) if add_pos else None
-        self.transformer = SelfAttentionLayer(d) if add_trm else None
+        self.aggregate, self.speed_kernels = aggregate, speed_kernels
+        self.item_embedding = kernels.embedding(n_items, d, speed_kernels=speed_kernels)
+        self.position_embedding = kernels.embedding(max_len + 1, d, speed_kernels=speed_kernels) if add_pos else None
+        self.transformer = SelfAttentionLayer(d, pack=None if speed_kernels else False) if add_trm else None
         self.W1 = nn.Linear(d, attn_size, bias=bias)
         self.W2 = nn.Linear(attn_size, n_interests, bias=bias)
         self.value = nn.Linear(d, d, bias=False) if value_proj else None
@@ -136,13 +109,12 @@ class MultiInterestExtractor(nn.Module):
     def forward(self, item_seq: torch.Tensor, lengths: torch.Tensor, details: bool = False,
                 items: torch.Tensor | None = None):
         mask = item_seq > 0  # [B, L]
-        if self.position_embedding is None and self.transformer is None \
+        if self.speed_kernels and self.position_embedding is None and self.transformer is None \
                 and self.item_embedding.num_embeddings < item_seq.numel():
-            # Each position's logits and value depend on its item alone: compute them once per item of the
-            # table and gather (the same numbers; less work whenever the catalogue is smaller than B·L).
+            # each position's logits and value depend on its item alone: once per item of the (smaller) table
             table = self.item_embedding.weight
-            logits = F.embedding(item_seq, self.W2(torch.tanh(self.W1(table))))  # [B, L, K]
-            values = F.embedding(item_seq, table if self.value is None else self.value(table))
+            logits = kernels.per_row(self.attention_logits, table, item_seq)  # [B, L, K]
+            values = kernels.per_row(self.project_values, table, item_seq)
         else:
             raw = self.item_embedding(item_seq) if items is None else items  # [B, L, d]
             h = raw
@@ -150,13 +122,20 @@ class MultiInterestExtractor(nn.Module):
                 h = h + self.position_embedding(reversed_positions(item_seq, lengths))
             if self.transformer is not None:
                 h = self.transformer(h, mask)  # padding rows come back zero
-            logits = self.W2(torch.tanh(self.W1(h)))
-            values = h if self.aggregate == "encoded" else raw
-            values = values if self.value is None else self.value(values)
+            logits = self.attention_logits(h)
+            values = self.project_values(h if self.aggregate == "encoded" else raw)
         logits = logits.transpose(1, 2).masked_fill(~mask.unsqueeze(1), float("-inf"))
         attention = torch.softmax(logits, dim=-1)  # [B, K, L]
         interests = attention @ values  # [B, K, d]
         return (interests, attention, logits) if details else interests
+
+    def attention_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """W2 tanh(W1 h), one row per position: [..., d] -> [..., K]"""
+        return self.W2(torch.tanh(self.W1(h)))
+
+    def project_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The aggregated values, through Re4's ``E W2`` when ``value_proj``: [..., d] -> [..., d]"""
+        return x if self.value is None else self.value(x)
 
 
 def closest_interest(interests: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -313,21 +292,6 @@ def relu_mlp(width: int, hidden_sizes: list[int]) -> nn.Sequential:
         layers += [nn.Linear(width, hidden), nn.ReLU()]
         width = hidden
     return nn.Sequential(*layers, nn.Linear(width, 1))
-
-
-class FastDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask comes from random bytes, eight per 64-bit draw, instead of ``bernoulli_``, which
-    draws one number per element (~4x slower here, and the larger part of a Transformer step on CPU). An element is
-    kept when its byte is >= round(256 p): the drop rate is p rounded to a multiple of 1/256 (0.2 -> 0.1992) and the
-    kept values are scaled by 256 / (256 - round(256 p)). On other devices it is ``nn.Dropout``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        cut = round(256 * self.p)
-        draws = torch.randint(-2 ** 63, 2 ** 63 - 1, ((x.numel() + 7) // 8,), dtype=torch.int64)
-        keep = draws.view(torch.uint8)[:x.numel()].view_as(x) >= cut
-        return x * keep.to(x.dtype).mul_(256 / (256 - cut))
 
 
 class UserHead(nn.Linear):

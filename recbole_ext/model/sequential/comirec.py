@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_ext.model import kernels
 from recbole_ext.model.layers import (
     MultiInterestExtractor, bpr_loss, closest_interest, init_normal, max_interest_scores, sampled_softmax_loss,
 )
@@ -41,6 +42,7 @@ class ComiRec(SequentialRecommender):
         self.extractor = MultiInterestExtractor(
             self.n_items, config["embedding_size"], config["attn_size"], config["n_interests"],
             self.max_seq_length, add_pos=bool(config["add_pos"]), add_trm=False, aggregate="raw",
+            speed_kernels=kernels.use_speed_kernels(config),
         )
         self.apply(init_normal)
 

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_ext.model.layers import FastDropout, Table, UserHead
+from recbole_ext.model import kernels
+from recbole_ext.model.layers import UserHead
 
 
 def category_means(embedded: torch.Tensor, categories: torch.Tensor, n_categories: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,22 +77,24 @@ def jsd_mim(x: torch.Tensor, y: torch.Tensor, critic: torch.Tensor) -> torch.Ten
 class ViewEncoder(nn.Module):
     """Embedding (+ the event's category embedding when the view has a category table) + positions -> LayerNorm ->
     Dropout -> post-LN Transformer (torch's, on scaled_dot_product_attention; the computation of RecBole's
-    ``TransformerEncoder`` without its per-op GELU; :class:`FastDropout` on the hidden states); pooled by ``pooling``:
-    ``last`` the last valid position, ``mean`` the mean over the valid positions; zero for an empty sequence.
-    seq, categories: [B, L] right-padded, lengths: [B] -> (u [B, d], input embeddings [B, L, d])"""
+    ``TransformerEncoder`` without its per-op GELU); pooled by ``pooling``: ``last`` the last valid position, ``mean``
+    the mean over the valid positions; zero for an empty sequence. ``speed_kernels``: ``kernels.Table`` tables and
+    ``kernels.FastDropout`` on the hidden states. seq, categories: [B, L] right-padded, lengths: [B] ->
+    (u [B, d], input embeddings [B, L, d])"""
 
     def __init__(self, table: nn.Embedding, max_len: int, config, causal: bool = True, n_categories: int = 0):
         super().__init__()
-        d = config["hidden_size"]
-        self.table, self.position, self.causal = table, Table(max_len, d), causal
+        d, fast = config["hidden_size"], kernels.use_speed_kernels(config)
+        self.table, self.position, self.causal = table, kernels.embedding(max_len, d, speed_kernels=fast), causal
         # category 0 = padding; its row is never pooled nor attended to (padding keys are masked)
-        self.category = Table(n_categories, d, padding_idx=0) if n_categories else None
+        self.category = kernels.embedding(n_categories, d, padding_idx=0, speed_kernels=fast) if n_categories else None
         p = config["hidden_dropout_prob"]
-        self.norm, self.dropout = nn.LayerNorm(d, eps=config["layer_norm_eps"]), FastDropout(p)
+        self.norm, self.dropout = nn.LayerNorm(d, eps=config["layer_norm_eps"]), kernels.dropout(p, speed_kernels=fast)
         layer = nn.TransformerEncoderLayer(d, config["n_heads"], config["inner_size"], p, config["hidden_act"],
                                            config["layer_norm_eps"], batch_first=True)
-        layer.self_attn.dropout = config["attn_dropout_prob"]
-        layer.dropout, layer.dropout1, layer.dropout2 = FastDropout(p), FastDropout(p), FastDropout(p)
+        layer.self_attn.dropout = config["attn_dropout_prob"]  # RecBole's separate rate on the attention weights
+        if fast:
+            kernels.with_fast_dropout(layer)
         self.encoder = nn.TransformerEncoder(layer, config["n_layers"], enable_nested_tensor=False)
 
     def forward(self, seq: torch.Tensor, lengths: torch.Tensor, categories: torch.Tensor | None = None,
@@ -130,7 +133,8 @@ class MFN(SequentialRecommender):
         self.app_time_field, self.time_field = config["macro_time_field"], config["TIME_FIELD"]
         # the next item is scored from the last position (its query); a user vector pools the whole view
         self.pooling = config["user_pooling"] if self.task == "user_classification" else "last"
-        self.item_embedding = Table(self.n_items, d, padding_idx=0)
+        fast = kernels.use_speed_kernels(config)
+        self.item_embedding = kernels.embedding(self.n_items, d, padding_idx=0, speed_kernels=fast)
         self.n_app_cates = dataset.num(self.app_cate_field)
         self.n_item_cates = dataset.num(config["item_cate_field"])
         with_categories = bool(config["category_embedding"])
@@ -138,8 +142,8 @@ class MFN(SequentialRecommender):
                                  n_categories=self.n_item_cates if with_categories else 0)
         self.register_buffer("item_cate", dataset.item_feat[config["item_cate_field"]].long(), persistent=False)
         macro_len = dataset.field2seqlen[self.app_field]
-        self.macro = ViewEncoder(Table(dataset.num(self.app_field), d, padding_idx=0), macro_len, config,
-                                 causal=bool(config["macro_causal"]),
+        self.macro = ViewEncoder(kernels.embedding(dataset.num(self.app_field), d, padding_idx=0, speed_kernels=fast),
+                                 macro_len, config, causal=bool(config["macro_causal"]),
                                  n_categories=self.n_app_cates if with_categories else 0)
         self.affinity = nn.Parameter(torch.empty(d, d))
         self.align_norm = bool(config["align_norm"])

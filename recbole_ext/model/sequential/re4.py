@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
-from torch.autograd.function import once_differentiable
 
+from recbole_ext.model import kernels
 from recbole_ext.model.layers import (
     MultiInterestExtractor, closest_interest, max_interest_scores, sampled_softmax_loss,
 )
@@ -93,61 +93,18 @@ def re_construct_loss(reconstruction: torch.Tensor, items: torch.Tensor, positiv
     return error.sum() / error.numel()
 
 
-class _DecodedSquaredError(torch.autograd.Function):
-    """ReConstruct's decoder and its kept squared errors, forward and backward written out (``Decoder.error``).
-
-    The same function as ``re_construct_loss(Decoder.forward(...))`` before the division, in fewer passes over
-    the [B, K, L, d] activations (which dominate a Re4 step): the squared error is formed once in place and
-    summed as one dot product, and the backward reuses it as the gradient of the reconstruction.
-    z [B, K, d], items [B, L, d], the folded maps w_t, w_v [L·d, d + 1] (bias as the last column, so one matmul
-    gives a weight's gradient and its bias's), slot_weight (W3_2) [L, d], keep [B, K, L] bool, pad [B, L] bool (True
-    at padding) -> scalar
-    """
-
-    @staticmethod
-    def forward(ctx, z, items, w_t, w_v, slot_weight, keep, pad):
-        B, K, d = z.shape
-        L, N = items.size(1), B * K
-        flat = torch.cat([z.reshape(N, d), z.new_ones(N, 1)], 1)  # [N, d + 1]
-        t = torch.tanh(flat @ w_t.T).view(N, L, d)  # tanh(W3 r_j) of every proposal j
-        v = (flat @ w_v.T).view(N, L, d)  # W5 r_j
-        logits = (t.view(N * L, d) @ slot_weight.T).view(B, K, L, L)  # [B, K, j, s]
-        logits.masked_fill_(pad[:, None, :, None], float("-inf"))
-        p = torch.softmax(logits.view(N, L, L), dim=1)  # slot s attends over the real proposals j
-        diff = torch.bmm(p.transpose(1, 2), v).view(B, K, L, d)  # the reconstruction x̂ [B, K, s, d] ...
-        diff.sub_(items.unsqueeze(1)).mul_(keep.unsqueeze(-1))  # ... minus its target, kept slots only
-        ctx.save_for_backward(flat, w_t, w_v, slot_weight, t, v, p, diff)
-        return torch.dot(diff.view(-1), diff.view(-1))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        flat, w_t, w_v, slot_weight, t, v, p, diff = ctx.saved_tensors
-        N, L, d = t.shape
-        d_x = diff.mul_(2 * grad)  # d/dx̂; diff is not read again
-        d_items = -d_x.sum(1)
-        d_x = d_x.view(N, L, d)
-        d_v = torch.bmm(p, d_x).view(N, L * d)
-        d_p = torch.bmm(v, d_x.transpose(1, 2))  # [N, j, s]
-        d_logits = d_p.sub_((d_p * p).sum(1, keepdim=True)).mul_(p).view(N * L, L)  # softmax over j, backward
-        d_slot = d_logits.T @ t.view(N * L, d)
-        d_pre = torch.ops.aten.tanh_backward(d_logits @ slot_weight, t.view(N * L, d)).view(N, L * d)
-        d_z = torch.addmm(d_pre @ w_t[:, :d], d_v, w_v[:, :d]).view(-1, diff.size(1), d)
-        return d_z, d_items, (flat.T @ d_pre).T, (flat.T @ d_v).T, d_slot, None, None
-
-
 class Decoder(nn.Module):
     """ReConstruct's decoder: interest z -> L proposals R0 = fc_cons(z) -> slot attention
     ``softmax_j(W3_2 tanh(W3 R0ᵀ))`` over the real positions j -> slots ``x̂ = attention · (R0 W5)``.
 
     W3 and W5 act on fc_cons's output, so they are folded into it (``W3·fc_cons`` and ``W5·fc_cons``, two
     [L·d, d] maps built per step) and R0 itself is never formed: the reference's parameters and function, two
-    thirds of its largest matmuls. ``forward`` is the reconstruction in autograd ops; training calls ``error``,
-    the same numbers with the backward written out. [B, K, d], [B, L] -> [B, K, L, d]"""
+    thirds of its largest matmuls. ``forward`` is the reconstruction in autograd ops; training calls ``error``:
+    with ``speed_kernels`` the same numbers with the backward written out. [B, K, d], [B, L] -> [B, K, L, d]"""
 
-    def __init__(self, d: int, max_len: int):
+    def __init__(self, d: int, max_len: int, speed_kernels: bool = True):
         super().__init__()
-        self.max_len = max_len
+        self.max_len, self.speed_kernels = max_len, speed_kernels
         self.fc_cons = nn.Linear(d, max_len * d)
         self.W3, self.W3_2, self.W5 = (nn.Linear(d, d, bias=False), nn.Linear(d, max_len, bias=False),
                                        nn.Linear(d, d, bias=False))
@@ -169,12 +126,14 @@ class Decoder(nn.Module):
 
     def error(self, interests: torch.Tensor, items: torch.Tensor, valid: torch.Tensor,
               positives: torch.Tensor) -> torch.Tensor:
-        """``re_construct_loss(self(interests, valid), items, positives)``, computed by ``_DecodedSquaredError``.
-        [B, K, d], [B, L, d], [B, L], [B, K, L] -> scalar"""
+        """``re_construct_loss(self(interests, valid), items, positives)``; with ``speed_kernels`` computed by
+        ``kernels.DecodedSquaredError``. [B, K, d], [B, L, d], [B, L], [B, K, L] -> scalar"""
+        if not self.speed_kernels:
+            return re_construct_loss(self(interests, valid), items, positives)
         dtype = self.W3.weight.dtype
         with torch.autocast(interests.device.type, enabled=False):  # its backward is written for one dtype
-            total = _DecodedSquaredError.apply(interests.to(dtype), items.to(dtype), self._folded(self.W3),
-                                               self._folded(self.W5), self.W3_2.weight, positives, ~valid)
+            total = kernels.DecodedSquaredError.apply(interests.to(dtype), items.to(dtype), self._folded(self.W3),
+                                                      self._folded(self.W5), self.W3_2.weight, positives, ~valid)
         return total / (positives.numel() * items.size(-1))
 
 
@@ -195,11 +154,12 @@ class Re4(SequentialRecommender):
         self.loss_type, self.n_negatives = config["loss_type"], config["n_negatives"]
         self.distribution, self.temp, self.thre = config["neg_distribution"], config["t_cont"], config["thre"]
         self.weights = {name: float(config[f"{name}_lambda"]) for name in ("att", "ct", "cs")}
+        fast = kernels.use_speed_kernels(config)
         self.extractor = MultiInterestExtractor(self.n_items, d, config["attn_size"], config["n_interests"],
                                                 self.max_seq_length, add_pos=False, aggregate="raw", bias=False,
-                                                value_proj=True)
+                                                value_proj=True, speed_kernels=fast)
         self.fc1 = nn.Linear(d, d)
-        self.decoder = Decoder(d, self.max_seq_length) if self.weights["cs"] else None
+        self.decoder = Decoder(d, self.max_seq_length, speed_kernels=fast) if self.weights["cs"] else None
         unscaled = [self.extractor.item_embedding, self.extractor.W1, self.extractor.W2, self.extractor.value]
         if self.decoder is not None:
             unscaled += [self.decoder.W3, self.decoder.W3_2, self.decoder.W5]

@@ -28,8 +28,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from recbole_ext.model import kernels
 from recbole_ext.model.layers import (
-    MultiInterestExtractor, Table, bpr_loss, closest_interest, init_normal, max_interest_scores,
+    MultiInterestExtractor, bpr_loss, closest_interest, init_normal, max_interest_scores,
 )
 
 
@@ -44,13 +45,14 @@ class InterestPredictor(nn.Module):
     """GRU over the raw history (its own item table) -> MLP -> interest logits.
 
     The table has n_items + 1 rows, as in the reference (an off-by-one kept so parameter counts match).
-    The GRU runs on the packed history (no step on padding), like the reference.
+    The GRU runs on the packed history (no step on padding), like the reference. ``speed_kernels``: the table is a
+    ``kernels.Table``.
     item_seq: [B, L] right-padded, lengths: [B] -> [B, K]
     """
 
-    def __init__(self, n_items: int, d: int, n_interests: int, n_layers: int):
+    def __init__(self, n_items: int, d: int, n_interests: int, n_layers: int, speed_kernels: bool = True):
         super().__init__()
-        self.item_embedding = Table(n_items + 1, d)
+        self.item_embedding = kernels.embedding(n_items + 1, d, speed_kernels=speed_kernels)
         self.gru = nn.GRU(d, d, batch_first=True)
         hidden = [m for _ in range(n_layers - 1) for m in (nn.Linear(d, d), nn.Dropout(0.5), nn.ReLU())]
         self.proj = nn.Sequential(*hidden, nn.Linear(d, n_interests))
@@ -74,11 +76,11 @@ class TiMiRec(SequentialRecommender):
         if config["n_layers"] < 1 or config["temp"] <= 0:
             raise ValueError("n_layers must be >= 1 and temp > 0 for TiMiRec")
         d, k = config["embedding_size"], config["n_interests"]
-        self.temp = config["temp"]
+        self.temp, fast = config["temp"], kernels.use_speed_kernels(config)
         self.extractor = MultiInterestExtractor(
             self.n_items, d, config["attn_size"], k, self.max_seq_length,
-            add_pos=bool(config["add_pos"]), add_trm=bool(config["add_trm"]), aggregate="encoded")
-        self.predictor = InterestPredictor(self.n_items, d, k, config["n_layers"])
+            add_pos=bool(config["add_pos"]), add_trm=bool(config["add_trm"]), aggregate="encoded", speed_kernels=fast)
+        self.predictor = InterestPredictor(self.n_items, d, k, config["n_layers"], speed_kernels=fast)
         self.apply(init_normal)
         # which stage the weights belong to; saved in checkpoints (other_parameter) so reloads score alike
         self.mode = "pretrain" if config["stage"] == "pretrain" else "finetune"

@@ -3,8 +3,10 @@ used on data it was not trained on.
 
 * **Names**: RecBole names a checkpoint after the second its run started (``ComiRec-Dec-07-2026_23-22-25.pth``),
   so two runs started in one second wrote one file. A run adds a random id (``...-a1b2c3.pth``) that no file in the
-  checkpoint folder starts with; every derived name (``-resume.pth``, ``-pretrain.pth``, ``-fm.pth``) follows it,
-  and the first write of each of the run's files is exclusive (:func:`recbole_ext.files.replace_file`).
+  checkpoint folder starts with; every derived name follows it, and the first write of each of the run's files is
+  exclusive (:func:`recbole_ext.files.replace_file`). The derived names are spelled here alone: a first stage's
+  checkpoint (:func:`stage_file`: ``-pretrain.pth``, ``-fm.pth``), each checkpoint's resume file
+  (:func:`resume_file`: ``-resume.pth``), and the list of them all (:func:`companions`).
 * **Dataset fingerprint** (``FINGERPRINT_KEY`` in every checkpoint and resume file): the SHA-256, size and line
   count of every data file of the dataset's folder (``<dataset>.*``: the atomic files, benchmark splits and shipped
   negatives that RecBole and the protocols read, ``DATA_SUFFIXES``) plus the user and item id maps of the loaded
@@ -37,6 +39,48 @@ class DatasetChanged(ValueError):
 
 
 # --- names -------------------------------------------------------------------------------------------------------
+EXTENSION = ".pth"
+RESUME_SUFFIX = "-resume.pth"
+# the first stages of the two-stage trainers: TiMiRec's extractor pretraining and the IFM family's FM warm start
+FIRST_STAGES = ("pretrain", "fm")
+BEST_FILE = "best.pth"  # the fixed checkpoint name of a sweep trial and of a Ray Train worker
+
+
+def stage_file(main_path: str, stage: str) -> str:
+    """``.../Model-<time>-<id>.pth`` -> ``.../Model-<time>-<id>-<stage>.pth``: the checkpoint of a first stage
+    (one of ``FIRST_STAGES``: an unknown stage fails, so every stage file is one :func:`companions` lists)."""
+    if stage not in FIRST_STAGES:
+        raise ValueError(f"stage {stage!r} is not one of {FIRST_STAGES}")
+    return f"{str(main_path)[:-len(EXTENSION)]}-{stage}{EXTENSION}"
+
+
+def resume_file(checkpoint: str) -> str:
+    """The resume file beside a checkpoint (the run's own or a first stage's): ``X.pth`` -> ``X-resume.pth``."""
+    return str(checkpoint)[:-len(EXTENSION)] + RESUME_SUFFIX
+
+
+def run_checkpoints(main_path: str) -> list[str]:
+    """Every checkpoint a run may write: its own first (the final model, tested when present), then its first
+    stages'."""
+    return [str(main_path), *(stage_file(main_path, stage) for stage in FIRST_STAGES)]
+
+
+def companions(main_path: str) -> list[str]:
+    """Every file a run may write beside its checkpoint ``main_path``: the first stages' checkpoints, and the
+    resume file of each checkpoint (its own first)."""
+    checkpoints = run_checkpoints(main_path)
+    return checkpoints[1:] + [resume_file(path) for path in checkpoints]
+
+
+def main_checkpoint(path: str) -> str:
+    """The run's own checkpoint for any file of the run (:func:`companions`), or ``path`` itself."""
+    path = str(path)
+    for suffix in (RESUME_SUFFIX, *(f"-{stage}{EXTENSION}" for stage in FIRST_STAGES)):
+        if path.endswith(suffix):
+            path = path[:-len(suffix)] + EXTENSION
+    return path
+
+
 def run_id() -> str:
     """Six hex digits: 16.7 million names per second and model, so a clash is a one-in-millions event."""
     return secrets.token_hex(3)
@@ -49,9 +93,9 @@ def unique_checkpoint(path: str, new_id: Callable[[], str] | None = None) -> str
     folder, name = os.path.split(path)
     taken = [n.lstrip(".") for n in os.listdir(folder or ".")] if os.path.isdir(folder or ".") else []
     while True:
-        stem = f"{name[:-len('.pth')]}-{new_id()}"
+        stem = f"{name[:-len(EXTENSION)]}-{new_id()}"
         if not any(n.startswith((f"{stem}.", f"{stem}-")) for n in taken):
-            return os.path.join(folder, f"{stem}.pth")
+            return os.path.join(folder, f"{stem}{EXTENSION}")
 
 
 # --- fingerprint -------------------------------------------------------------------------------------------------

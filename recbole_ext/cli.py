@@ -74,13 +74,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(data_path: str) -> None:
-    from recbole_ext import registry
+    from recbole_ext import properties, registry
 
     local = sorted(d.name for d in Path(data_path).iterdir() if d.is_dir() and not d.name.startswith(".")) \
         if Path(data_path).is_dir() else []
     print("plugin models :", ", ".join(sorted(registry.MODELS)))
     print("RecBole models:", ", ".join(registry.builtin_models()))
-    print("protocols     :", ", ".join(registry.protocols()))
+    print("protocols     :", ", ".join(properties.protocols()))
     from recbole_ext.quick_start import downloadable
 
     print(f"datasets      : ml-100k (bundled with RecBole); in {data_path}/: {', '.join(local) or 'none'}")
@@ -226,7 +226,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, fixed: dict) -> int:
     """A training run: resumed, swept, distributed or plain."""
-    import recbole_ext
+    from recbole_ext.quick_start import run
 
     sys.argv = sys.argv[:1]  # RecBole's Config would parse sys.argv again: the flags arrive as config_dict
     if args.distributed is not None and args.distributed < 1:  # 0 used to train one process without a word
@@ -240,7 +240,7 @@ def _train(args: argparse.Namespace, fixed: dict) -> int:
             raise UsageError("--resume continues a single-process run; drop --distributed / --tune")
         if files:
             raise UsageError("--resume continues with the configuration saved in the checkpoint; drop --config_files")
-        return _report(recbole_ext.run(args.model, args.dataset, config_dict=fixed, resume=args.resume))
+        return _report(run(args.model, args.dataset, config_dict=fixed, resume=args.resume))
     args.model, args.dataset = args.model or DEFAULT_MODEL, args.dataset or DEFAULT_DATASET
     if args.tune:
         return _sweep(args, args.dataset, files, fixed)
@@ -252,7 +252,7 @@ def _train(args: argparse.Namespace, fixed: dict) -> int:
                                  ray_address=args.ray_address, storage_path=args.storage_path)
         print(f"\n{args.distributed} workers, {result['samples_per_s_per_worker']:.0f} training rows/s per worker")
         return _report(result)
-    return _report(recbole_ext.run(args.model, args.dataset, config_file_list=files, config_dict=fixed))
+    return _report(run(args.model, args.dataset, config_file_list=files, config_dict=fixed))
 
 
 def _report(result: dict) -> int:

@@ -4,7 +4,8 @@
     recbole_ext.distributed.run_distributed("TiMiRec", "ml-100k", workers=2, config_dict={...})
 
 Ray Train's ``TorchTrainer`` starts the workers and their process group (gloo on CPU, nccl on GPU); inside each,
-the plugin trainer (:class:`recbole_ext.trainer.base.PluginTrainerMixin`) does the rest on RecBole's own ``fit``:
+the plugin trainer (:class:`recbole_ext.trainer.base.PluginTrainerMixin`, with the data-parallel building blocks of
+:mod:`recbole_ext.trainer.ddp`) does the rest on RecBole's own ``fit``:
 
 * **data**: every worker builds the same dataset and train loader with the same seed, so all draw the same global
   batches (and negatives); worker *r* of *N* trains on rows r, r+N, ... of each (a strided distributed sampler over
@@ -32,7 +33,6 @@ its own worker group, so a trial can itself be distributed.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -40,17 +40,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
-from torch import nn
 
-BEST = "best.pth"
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the running process group, (0, 1) outside one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from recbole_ext import compat, quick_start
+from recbole_ext.checkpoints import BEST_FILE, main_checkpoint, run_checkpoints
+from recbole_ext.quick_start import build_config, check_dataset
+from recbole_ext.trainer.ddp import world
 
 
 def keep_ray_gpus(config: dict, environ=os.environ) -> dict:
@@ -61,66 +55,11 @@ def keep_ray_gpus(config: dict, environ=os.environ) -> dict:
     return config
 
 
-def scale(config) -> None:
-    """Per-worker batch and learning rate from ``distributed_batch`` / ``lr_scaling`` (in place, before the data)."""
-    n = config["distributed_workers"]
-    if config["distributed_batch"] == "per_worker":
-        config["train_batch_size"] = config["train_batch_size"] * n
-    config["learning_rate"] = config["learning_rate"] * {"none": 1, "linear": n, "sqrt": math.sqrt(n)}[
-        config["lr_scaling"]]
-
-
-class LossOf(nn.Module):
-    """DDP runs ``forward``: here it is the model's ``calculate_loss``, so the averaging hooks see every step."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, interaction):
-        return self.model.calculate_loss(interaction)
-
-
-class Shard:
-    """The wrapped train loader's global batches, each cut to this worker's rows (rank, rank + N, ...). A last batch
-    with fewer rows than workers is dropped on every worker alike (each must take the same number of steps)."""
-
-    def __init__(self, loader, rank: int, size: int):
-        self.loader, self.rank, self.size = loader, rank, size
-        self.rows = 0  # rows this worker trained on in the last pass
-
-    def __iter__(self):
-        self.rows = 0
-        for batch in self.loader:
-            if len(batch) < self.size:
-                continue
-            part = batch[self.rank::self.size]
-            self.rows += len(part)
-            yield part
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
-
-
-def broadcast_model(model: nn.Module) -> None:
-    """Rank 0's parameters and buffers to every worker (after rank 0 alone loaded a checkpoint)."""
-    if world()[1] > 1:
-        for tensor in model.state_dict().values():
-            dist.broadcast(tensor, src=0)
-
-
 def _worker(job: dict) -> None:
     """One Ray Train worker: ``recbole_ext.run`` with the plugin trainer in distributed mode."""
     import ray.train
 
-    from recbole_ext import compat
-
     compat.setup_worker()
-    import recbole_ext
-
     rank, size = world()
     torch.set_num_threads(max(1, int(job["cpus_per_worker"])))
     folder = Path(tempfile.mkdtemp(prefix=f"recbole_ext_rank{rank}_"))
@@ -143,9 +82,9 @@ def _worker(job: dict) -> None:
 
     def attach(trainer) -> None:
         trainers.append(trainer)
-        trainer.saved_model_file = str(folder / "saved" / BEST)
+        trainer.saved_model_file = str(folder / "saved" / BEST_FILE)
 
-    result = recbole_ext.run(job["model"], job["dataset"], config_file_list=job["config_files"], config_dict=config,
+    result = quick_start.run(job["model"], job["dataset"], config_file_list=job["config_files"], config_dict=config,
                              callback_fn=report, on_trainer=attach, test=rank == 0)
     final = {"final": 1, "samples_per_s": trainers[0].trained_rows / max(sum(result["train_seconds"]), 1e-9)}
     if rank == 0:  # epoch -1 / finished: what a sweep reads as "ended on its own" (recbole_ext.tune)
@@ -162,9 +101,9 @@ def _worker(job: dict) -> None:
 
 
 def _stage(trainer, folder: str) -> None:
-    """Copy the best checkpoint (and a first stage's) into ``folder`` for Ray's storage."""
-    for path in {trainer.saved_model_file, getattr(trainer, "pretrain_file", None) or ""}:
-        if path and os.path.isfile(path):
+    """Copy the run's checkpoints (the best model's, and a first stage's) into ``folder`` for Ray's storage."""
+    for path in run_checkpoints(main_checkpoint(trainer.saved_model_file)):
+        if os.path.isfile(path):
             shutil.copy2(path, folder)
 
 
@@ -215,9 +154,6 @@ def run_distributed(model: str, dataset: str, config_file_list: list[str] | None
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from recbole_ext import compat
-    from recbole_ext.quick_start import build_config, check_dataset
-
     if workers < 1:
         raise ValueError(f"distributed: {workers} workers; give at least 1")
     if cpus_per_worker <= 0:
@@ -253,5 +189,5 @@ def run_distributed(model: str, dataset: str, config_file_list: list[str] | None
     out = dict(result.metrics)
     out["workers"] = workers
     out["samples_per_s_per_worker"] = out.pop("samples_per_s")
-    out["checkpoint"] = str(Path(result.checkpoint.path) / BEST) if result.checkpoint else None
+    out["checkpoint"] = str(Path(result.checkpoint.path) / BEST_FILE) if result.checkpoint else None
     return out

@@ -7,16 +7,20 @@ from logging import getLogger
 from pathlib import Path
 from typing import Callable
 
+import recbole
 import torch
-
+import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, init_logger, init_seed
 
 from recbole_ext import registry
-from recbole_ext.checkpoints import FINGERPRINT_KEY, check_unchanged, fingerprint, locate_data
+from recbole_ext.checkpoints import (FINGERPRINT_KEY, check_unchanged, fingerprint, locate_data, main_checkpoint,
+                                     resume_file, run_checkpoints)
+from recbole_ext.data import mfn
 from recbole_ext.validation import read_mapping
-from recbole_ext.trainer.base import RESUME_SUFFIX, resolve_trainer
+from recbole_ext.trainer.base import resolve_trainer
+from recbole_ext.trainer.ddp import scale
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -32,17 +36,12 @@ def _not_found(config: Config, reason: str) -> DatasetNotFound:
 
 def downloadable() -> list[str]:
     """The datasets RecBole downloads on first use (its url.yaml)."""
-    import recbole
-    import yaml
-
     return sorted(yaml.safe_load((Path(recbole.__file__).parent / "properties" / "dataset" / "url.yaml").read_text()))
 
 
 def check_dataset(config: Config) -> None:
     """Fail now, in one line, when the dataset is neither in ``data_path`` nor one RecBole downloads or this package
     generates (a sweep would otherwise fail once per trial)."""
-    from recbole_ext.data import mfn
-
     if (config["dataset"] in downloadable() or config["dataset"] in mfn.SIZES
             or any(Path(config["data_path"]).glob(f"{config['dataset']}*.inter"))):
         return
@@ -52,8 +51,6 @@ def check_dataset(config: Config) -> None:
 def load_dataset(config: Config):
     """RecBole's ``create_dataset`` (which downloads known datasets when missing), with a one-line error
     naming the converter when the files are absent and the download fails."""
-    from recbole_ext.data import mfn
-
     mfn.ensure(Path(config["data_path"]).parent, config["dataset"])  # generated when absent, as ml-100k ships
     try:
         dataset = create_dataset(config)
@@ -98,15 +95,11 @@ def _build(config: Config):
 def resume_state(path: str) -> tuple[str, dict]:
     """``path``: a run's checkpoint (``saved/<Model>-<time>.pth``) or one of its resume files.
     -> (the run's checkpoint path, the saved state holding its configuration)"""
-    base = str(path)
-    for suffix in (RESUME_SUFFIX, "-pretrain.pth", "-fm.pth"):
-        if base.endswith(suffix):
-            base = base[:-len(suffix)] + ".pth"
-    stem = base[:-len(".pth")]
-    for candidate in (f"{stem}{RESUME_SUFFIX}", f"{stem}-pretrain{RESUME_SUFFIX}", f"{stem}-fm{RESUME_SUFFIX}"):
+    base = main_checkpoint(path)
+    for candidate in map(resume_file, run_checkpoints(base)):  # the run's own stage first, then a first stage's
         if Path(candidate).is_file():
             return base, torch.load(candidate, map_location="cpu", weights_only=False)
-    raise FileNotFoundError(f"resume: no resume state for {path} (expected {stem}{RESUME_SUFFIX}, written after every "
+    raise FileNotFoundError(f"resume: no resume state for {path} (expected {resume_file(base)}, written after every "
                             "epoch of a recbole_ext run); pass the checkpoint path the interrupted run printed")
 
 
@@ -138,8 +131,6 @@ def run(model: str | None, dataset: str | None, config_file_list: list[str] | No
     else:
         config = build_config(model, dataset, config_file_list, config_dict)
     if config["distributed_workers"]:
-        from recbole_ext.distributed import scale
-
         scale(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)

@@ -25,10 +25,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from recbole_ext.checkpoints import BEST_FILE, run_checkpoints
+
 DISTRIBUTIONS = ("choice", "uniform", "quniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo", "median", "pbt")
 SEARCHES = ("random", "grid", "optuna", "hyperopt")
-BEST_FILE = "best.pth"
 DRIVER_CPU = 0.01  # what a distributed trial's own process holds (Ray refuses an empty request)
 
 
@@ -180,11 +181,9 @@ def _trial(params: dict, fixed: dict) -> None:
     import torch
     from ray import tune
 
-    from recbole_ext import compat
+    from recbole_ext import compat, quick_start
 
     compat.setup_worker()
-    import recbole_ext
-
     torch.set_num_threads(max(1, int(fixed["cpus_per_trial"])))  # torch would take every core of the node
     trial_dir = Path(tune.get_context().get_trial_dir())
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -229,14 +228,14 @@ def _trial(params: dict, fixed: dict) -> None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            for name in (BEST_FILE, BEST_FILE.replace(".pth", "-pretrain.pth")):
-                if (Path(best_file).parent / name).is_file():
-                    shutil.copy2(Path(best_file).parent / name, folder)
+            for path in run_checkpoints(best_file):  # the best model's, and a first stage's
+                if os.path.isfile(path):
+                    shutil.copy2(path, folder)
             if fixed["checkpoint_every_epoch"]:
                 trainer._save_checkpoint(epoch, verbose=False, saved_model_file=os.path.join(folder, "trainer.pth"))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    result = recbole_ext.run(fixed["model"], fixed["dataset"], config_file_list=fixed["config_files"],
+    result = quick_start.run(fixed["model"], fixed["dataset"], config_file_list=fixed["config_files"],
                              config_dict=config, test=False, callback_fn=report, on_trainer=attach)
     # marks a trial that ended on its own (a scheduler-stopped one never gets here); not an epoch
     tune.report({"epoch": -1, "valid_score": float(result["best_valid_score"]), "finished": 1,
@@ -446,10 +445,11 @@ def _plain(value):
 
 
 def _best_checkpoint(folder: Path) -> Path:
-    """The trial's best checkpoint, or TiMiRec's pretrain one if the trial was stopped in its first stage."""
-    for name in (BEST_FILE, BEST_FILE.replace(".pth", "-pretrain.pth")):
-        if (folder / name).is_file():
-            return folder / name
+    """The trial's best checkpoint, or its first stage's (TiMiRec's pretrain, the IFM family's FM) if the trial was
+    stopped in that stage."""
+    for path in map(Path, run_checkpoints(str(folder / BEST_FILE))):
+        if path.is_file():
+            return path
     raise FileNotFoundError(f"no checkpoint in {folder}")
 
 

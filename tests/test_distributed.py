@@ -6,7 +6,8 @@ import pytest
 from ray import tune
 
 from recbole_ext import run
-from recbole_ext.distributed import Shard, run_distributed
+from recbole_ext.distributed import run_distributed
+from recbole_ext.trainer.ddp import Shard
 from recbole_ext.tune import run_sweep
 
 

@@ -21,7 +21,7 @@ from recbole_ext import cli, recommend, run
 from recbole_ext.checkpoints import FINGERPRINT_KEY, DatasetChanged, changes, unique_checkpoint
 from recbole_ext.files import remove_leftovers, replace_file
 from recbole_ext.quick_start import evaluate_checkpoint
-from recbole_ext.trainer.base import RESUME_SUFFIX
+from recbole_ext.checkpoints import RESUME_SUFFIX, main_checkpoint, resume_file
 
 SAME_SECOND = "Dec-07-2026_23-22-25"
 
@@ -132,7 +132,7 @@ def test_a_run_never_replaces_a_file_it_did_not_write(tiny, tmp_path):
 # --- checkpoints that describe their data ------------------------------------------------------------------------
 def test_resume_refuses_reversed_timestamps_and_touches_nothing(tiny, capsys):
     checkpoint = _interrupted(_config(tiny, epochs=3))
-    files = [checkpoint, checkpoint[:-4] + RESUME_SUFFIX]
+    files = [checkpoint, resume_file(checkpoint)]
     before = _bytes(files)
     _edit_inter(tiny, _reverse_timestamps)
     assert cli.main([f"--resume={checkpoint}"]) == 2
@@ -144,7 +144,7 @@ def test_resume_refuses_reversed_timestamps_and_touches_nothing(tiny, capsys):
 
 def test_resume_after_an_item_is_added_says_how_many(tiny):
     checkpoint = _interrupted(_config(tiny, epochs=3))
-    before = _bytes([checkpoint, checkpoint[:-4] + RESUME_SUFFIX])
+    before = _bytes([checkpoint, resume_file(checkpoint)])
     _edit_inter(tiny, lambda f: pd.concat([f, pd.DataFrame([["u1", "i999", "999999"]], columns=f.columns)]))
     with pytest.raises(DatasetChanged, match=r"changed since .* 40 -> 41 items; tiny.inter: 301 -> 302 lines"):
         run(None, None, resume=checkpoint)
@@ -183,7 +183,7 @@ def test_a_checkpoint_with_a_relative_data_path_works_from_another_folder(tiny, 
 def _loadable(checkpoint: str) -> int:
     """Both files of the run load; -> the epoch the resume file continues after."""
     assert "state_dict" in torch.load(checkpoint, weights_only=False)
-    return torch.load(checkpoint[:-4] + RESUME_SUFFIX, weights_only=False)["epoch"]
+    return torch.load(resume_file(checkpoint), weights_only=False)["epoch"]
 
 
 def _kill(child, after: float) -> None:
@@ -203,8 +203,7 @@ def test_kills_at_random_moments_leave_a_loadable_checkpoint_and_resume_file(tin
         time.sleep(0.05)
     first.kill()
     first.join()
-    resume_file = str(next(tmp_path.glob(f"saved/*{RESUME_SUFFIX}")))
-    checkpoint = resume_file[:-len(RESUME_SUFFIX)] + ".pth"
+    checkpoint = main_checkpoint(str(next(tmp_path.glob(f"saved/*{RESUME_SUFFIX}"))))
     epochs = [_loadable(checkpoint)]
     for _ in range(20):  # startup takes about a second: kills fall into loading, training and writing
         _kill(ctx.Process(target=_child_run, args=({}, None), kwargs={"resume": checkpoint}), rng.uniform(0.2, 2.5))

@@ -8,7 +8,8 @@ import torch
 from recbole_ext import run
 from recbole_ext.quick_start import resume_state
 from conftest import MODELS, base_config
-from recbole_ext.trainer.base import RESUME_SUFFIX, atomic_save
+from recbole_ext.checkpoints import RESUME_SUFFIX
+from recbole_ext.trainer.run_files import atomic_save
 
 
 class Killed(Exception):

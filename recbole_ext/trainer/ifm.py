@@ -1,4 +1,5 @@
-"""The IFM family's FM warm start in one command (``stage: both``), on RecBole's own ``Trainer.fit``.
+"""The IFM family's FM warm start in one command (``stage: both``): the flow of
+:class:`~recbole_ext.trainer.two_stage.TwoStageTrainer`, its first stage on a trainer of its own.
 
 Stage 1 trains the reference FM on the same data (``fm_epochs``, ``fm_learner``, ``fm_learning_rate``): RecBole's
 ``FM`` with the reference FM.py's batch norm and dropout on its Bi-Interaction vector (``fm_batch_norm``,
@@ -19,8 +20,8 @@ from recbole.utils import get_model
 
 from recbole_ext.model.context_aware.ifm import reference_fm, warm_start
 from recbole_ext.model.context_aware.regression import regress_raw_score
-from recbole_ext.distributed import broadcast_model
 from recbole_ext.trainer.base import PluginTrainerMixin
+from recbole_ext.trainer.two_stage import TwoStageTrainer
 
 
 @contextmanager
@@ -45,47 +46,54 @@ class FMStageTrainer(PluginTrainerMixin, Trainer):
     """RecBole's trainer for the FM stage (the plugin's progress line and timings included)."""
 
 
-class IFMTrainer(PluginTrainerMixin, Trainer):
+class IFMTrainer(TwoStageTrainer):
+    FIRST_STAGE = "fm"
+
     def __init__(self, config, model):
         super().__init__(config, model)
-        self.fm_file: str | None = None
-        self.fm_valid_scores: list[float] = []
-
-    @property
-    def valid_curve(self) -> list[float]:
-        return self.fm_valid_scores + self.valid_scores
+        self._fm_seconds: tuple[list[float], list[float]] = ([], [])  # the FM stage's (train, valid) seconds
 
     @staticmethod
-    def max_epochs(config) -> int:
-        return config["epochs"] + ((config["fm_epochs"] or config["epochs"]) if trains_fm(config) else 0)
+    def two_stages(config) -> bool:
+        return trains_fm(config)
 
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        if not trains_fm(self.config):
-            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+    @staticmethod
+    def first_stage_epochs(config) -> int:
+        return config["fm_epochs"] or config["epochs"]
+
+    @property
+    def fm_file(self) -> str | None:
+        """The FM stage's checkpoint (a RecBole FM checkpoint a later run's ``pretrain_path`` can reuse)."""
+        return self.first_file
+
+    def _fit_first(self, train_data, valid_data, verbose, show_progress, callback_fn) -> int:
+        """Train the reference FM with its own trainer, under the FM settings, saving to ``first_file``."""
         config, name = self.config, self.config["model"]
         fm = reference_fm(get_model("FM")(config, train_data._dataset), config).to(config["device"])
         if config["loss_type"] == "MSE":  # the reference's FM regresses the ±1 labels on its raw score
             regress_raw_score(fm)
-        fm_epochs = config["fm_epochs"] or config["epochs"]
         with overridden(config, model="FM", learner=config["fm_learner"], learning_rate=config["fm_learning_rate"],
-                        epochs=fm_epochs):
+                        epochs=self.first_stage_epochs(config)):
             stage = FMStageTrainer(config, fm)
             self._ensure_fingerprint(train_data)
             stage.join_run(self)  # its -fm.pth is this run's file: same exclusivity, same fingerprint
             stage.resuming = self.resuming
-            stage.saved_model_file = self.fm_file = self.saved_model_file.replace(".pth", "-fm.pth")
+            stage.saved_model_file = self.first_file
             stage.stage_label = f"{name} stage 1/2 (FM warm start; {name} follows) "
             self.logger.info(f"{name} stage 1/2: train FM for the warm start")
-            stage.fit(train_data, valid_data, verbose, True, show_progress, callback_fn)  # the best FM is needed
-        self.fm_valid_scores, done = stage.valid_scores, len(stage.train_seconds)
-        if self.rank == 0:  # the one writer holds the file; other workers get the weights from it
-            self.logger.info(f"{name} stage 2/2: start from the best FM "
-                             f"({warm_start(self.model, self.fm_file, config['dataset'])} tensors copied)")
-        broadcast_model(self.model)
-        self.stage_label, self.stage = f"{name} stage 2/2 ", 1
-        shifted = (lambda epoch, score: callback_fn(done + epoch, score)) if callback_fn else None
-        result = super().fit(train_data, valid_data, verbose, saved, show_progress, shifted)
-        self.stage_epochs.update({"fm": done, name: len(self.train_seconds)})  # after fit: its progress line reads them
-        self.train_seconds, self.valid_seconds = stage.train_seconds + self.train_seconds, \
-            stage.valid_seconds + self.valid_seconds
-        return result
+            stage.fit(train_data, valid_data, verbose, True, show_progress, callback_fn)
+        self.first_valid_scores, self._fm_seconds = stage.valid_scores, (stage.train_seconds, stage.valid_seconds)
+        return len(stage.train_seconds)
+
+    def _hand_over(self) -> None:
+        copied = warm_start(self.model, self.first_file, self.config["dataset"])
+        self.logger.info(f"{self.config['model']} stage 2/2: start from the best FM ({copied} tensors copied)")
+
+    def _start_second(self) -> None:
+        self.stage_label = f"{self.config['model']} stage 2/2 "
+
+    def _end_second(self, done: int) -> None:
+        # after the model's fit: its progress line counts its own epochs only
+        self.stage_epochs.update({"fm": done, self.config["model"]: len(self.train_seconds)})
+        train_seconds, valid_seconds = self._fm_seconds
+        self.train_seconds, self.valid_seconds = train_seconds + self.train_seconds, valid_seconds + self.valid_seconds

@@ -1,8 +1,8 @@
-"""TiMiRec's two stages on RecBole's own ``Trainer.fit`` (no second training loop).
+"""TiMiRec's two stages (the flow of :class:`~recbole_ext.trainer.two_stage.TwoStageTrainer`).
 
-``stage: both`` runs ``fit`` twice on one model: first in pretrain mode (extractor only, best-valid checkpoint
-saved beside the final one as ``*-pretrain.pth``), then reloads the best extractor, resets optimizer and early
-stopping, switches the model to finetune mode and fits again. ``stage: finetune`` loads the extractor from
+``stage: both`` runs ``fit`` twice on one trainer and model: first in pretrain mode (extractor only, best-valid
+checkpoint saved beside the final one as ``*-pretrain.pth``), then reloads the best extractor, resets optimizer and
+early stopping, switches the model to finetune mode and fits again. ``stage: finetune`` loads the extractor from
 ``pretrain_path`` (a checkpoint of a ``stage: pretrain`` run) and fails if it is missing or does not match.
 """
 
@@ -12,29 +12,25 @@ import os
 
 import numpy as np
 import torch
-from recbole.trainer import Trainer
 
-from recbole_ext.distributed import broadcast_model
-from recbole_ext.trainer.base import PluginTrainerMixin
+from recbole_ext.trainer.two_stage import TwoStageTrainer
 
 # settings an extractor checkpoint must share with the run that loads it
 MATCHING_KEYS = ("model", "dataset", "n_interests", "embedding_size", "attn_size", "add_pos", "add_trm",
                  "MAX_ITEM_LIST_LENGTH")
 
 
-class TiMiRecTrainer(PluginTrainerMixin, Trainer):
-    def __init__(self, config, model):
-        super().__init__(config, model)
-        self.pretrain_file: str | None = None
-        self.pretrain_valid_scores: list[float] = []
-
-    @property
-    def valid_curve(self) -> list[float]:
-        return self.pretrain_valid_scores + self.valid_scores
+class TiMiRecTrainer(TwoStageTrainer):
+    FIRST_STAGE = "pretrain"
 
     @staticmethod
-    def max_epochs(config) -> int:
-        return config["epochs"] * (2 if config["stage"] == "both" else 1)
+    def two_stages(config) -> bool:
+        return config["stage"] == "both"
+
+    @property
+    def pretrain_file(self) -> str | None:
+        """The pretrain stage's checkpoint of a ``stage: both`` run (``recbole_ext.run`` tests its model too)."""
+        return self.first_file
 
     def load_extractor(self, path: str | None) -> None:
         """Copy ``extractor.*`` from a TiMiRec checkpoint into the model (partial load, nothing frozen)."""
@@ -52,42 +48,41 @@ class TiMiRecTrainer(PluginTrainerMixin, Trainer):
         self.model.extractor.load_state_dict(state)
         self.logger.info(f"Loaded the pretrained extractor from {path}")
 
-    def _restart(self, saved_model_file: str) -> None:
+    def _restart(self) -> None:
         """Fresh optimizer and early stopping for the next stage."""
         self.optimizer = self._build_optimizer()
         self.start_epoch, self.cur_step = 0, 0
         self.best_valid_score = -np.inf if self.valid_metric_bigger else np.inf
         self.best_valid_result = None
-        self.pretrain_valid_scores, self.valid_scores = self.valid_scores, []
-        self.saved_model_file = saved_model_file
+        self.first_valid_scores, self.valid_scores = self.valid_scores, []
 
-    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+    def _fit_one(self, train_data, valid_data, verbose, saved, show_progress, callback_fn):
         stage = self.config["stage"]
         if stage == "finetune":
             self.load_extractor(self.config["pretrain_path"])
-        if stage != "both":
-            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-            self.stage_epochs[stage] = len(self.train_seconds)
-            return result
+        result = self._fit_stage(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        self.stage_epochs[stage] = len(self.train_seconds)
+        return result
 
-        final_file = self.saved_model_file
-        self.pretrain_file = final_file.replace(".pth", "-pretrain.pth")
-        self.saved_model_file = self.pretrain_file
+    def _fit_first(self, train_data, valid_data, verbose, show_progress, callback_fn) -> int:
+        """Pretrain on this trainer and model (extractor only), saving to ``first_file``."""
+        final_file, self.saved_model_file = self.saved_model_file, self.first_file
         self.model.mode = "pretrain"
         self.stage_label = "TiMiRec stage 1/2 (pretrain; the finetune stage follows) "
         self.logger.info("TiMiRec stage 1/2: pretrain the multi-interest extractor")
-        # the best extractor is needed for the handover, so this stage always saves
-        super().fit(train_data, valid_data, verbose, True, show_progress, callback_fn)
+        self._fit_stage(train_data, valid_data, verbose, True, show_progress, callback_fn)
         self.stage_epochs["pretrain"] = done = len(self.train_seconds)
-        if self.rank == 0:  # the one writer holds the file; other workers get the weights from it
-            self.load_extractor(self.pretrain_file)
-        broadcast_model(self.model)
+        self.saved_model_file = final_file
+        return done
 
-        self.model.mode, self.stage = "finetune", 1
-        self._restart(final_file)
+    def _hand_over(self) -> None:
+        self.load_extractor(self.first_file)
+
+    def _start_second(self) -> None:
+        self.model.mode = "finetune"
+        self._restart()
         self.stage_label = "TiMiRec stage 2/2 (finetune) "
         self.logger.info("TiMiRec stage 2/2: finetune with target-interest distillation")
-        shifted = (lambda epoch, score: callback_fn(done + epoch, score)) if callback_fn else None
-        result = super().fit(train_data, valid_data, verbose, saved, show_progress, shifted)
+
+    def _end_second(self, done: int) -> None:
         self.stage_epochs["finetune"] = len(self.train_seconds) - done
-        return result

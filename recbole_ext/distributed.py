@@ -43,7 +43,7 @@ import torch
 
 from recbole_ext import compat, quick_start
 from recbole_ext.checkpoints import BEST_FILE, main_checkpoint, run_checkpoints
-from recbole_ext.quick_start import build_config, check_dataset
+from recbole_ext.quick_start import absolute_paths, build_config, check_dataset, enter_worker, plain
 from recbole_ext.trainer.ddp import world
 
 
@@ -59,11 +59,9 @@ def _worker(job: dict) -> None:
     """One Ray Train worker: ``recbole_ext.run`` with the plugin trainer in distributed mode."""
     import ray.train
 
-    compat.setup_worker()
     rank, size = world()
-    torch.set_num_threads(max(1, int(job["cpus_per_worker"])))
     folder = Path(tempfile.mkdtemp(prefix=f"recbole_ext_rank{rank}_"))
-    os.chdir(folder)  # RecBole writes log/ into the working directory
+    enter_worker(job["cpus_per_worker"], folder)
     config = {**job["config_dict"], "distributed_workers": size, "checkpoint_dir": str(folder / "saved")}
     keep_ray_gpus(config)
     trainers = []
@@ -91,7 +89,7 @@ def _worker(job: dict) -> None:
         final.update({"epoch": -1, "valid_score": float(result["best_valid_score"]), "stage": trainers[0].stage})
         keep = ("best_valid_score", "test_result", "pretrain_test_result", "epochs", "train_seconds", "valid_seconds",
                 "valid_scores", "stage_epochs", "best_valid_result", "model", "dataset", "train_losses")
-        final.update({key: _plain(result[key]) for key in keep})
+        final.update({key: plain(result[key]) for key in keep})
         with tempfile.TemporaryDirectory() as staged:
             _stage(trainers[0], staged)
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(staged))
@@ -105,15 +103,6 @@ def _stage(trainer, folder: str) -> None:
     for path in run_checkpoints(main_checkpoint(trainer.saved_model_file)):
         if os.path.isfile(path):
             shutil.copy2(path, folder)
-
-
-def _plain(value):
-    """Tensors, numpy scalars and OrderedDicts -> plain Python, for Ray's metrics."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value.item() if hasattr(value, "item") else value
 
 
 def visible_resources(ray_address: str | None = None) -> tuple[float, float, str]:
@@ -162,9 +151,7 @@ def run_distributed(model: str, dataset: str, config_file_list: list[str] | None
     config_dict = dict(config_dict or {})
     base = build_config(model, dataset, config_file_list, {**config_dict, "distributed_workers": workers})
     check_dataset(base)  # fail here, not once per worker
-    if base["data_path"]:  # workers run in their own folders: absolute paths
-        config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())
-    config_file_list = [str(Path(f).resolve()) for f in config_file_list or []] or None
+    config_file_list, config_dict = absolute_paths(base, config_file_list, config_dict)  # workers run elsewhere
     storage_path = storage_path or base["checkpoint_dir"]  # where the user keeps models, not ./ray_results
     check_resources(workers * cpus_per_worker, workers if use_gpu else 0,
                     f"--distributed={workers} with --cpus_per_worker={cpus_per_worker:g}" + " and --use_gpu" * use_gpu,

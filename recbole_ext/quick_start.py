@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from logging import getLogger
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, init_logger, init_seed
 
-from recbole_ext import registry
+from recbole_ext import compat, registry
 from recbole_ext.checkpoints import (FINGERPRINT_KEY, check_unchanged, fingerprint, locate_data, main_checkpoint,
                                      resume_file, run_checkpoints)
 from recbole_ext.data import mfn
@@ -118,18 +119,8 @@ def run(model: str | None, dataset: str | None, config_file_list: list[str] | No
     epoch, ``valid_scores`` (the valid curve, all stages) and, for a two-stage run, ``pretrain_test_result``
     (the test result of the first stage's best model, e.g. TiMiRec's extractor before distillation).
     """
-    if resume:
-        checkpoint, state = resume_state(resume)
-        config = state["config"]
-        locate_data(config, checkpoint)  # the trainer refuses the run if the data changed since (its resume files)
-        for key, wanted in (("model", model), ("dataset", dataset)):
-            if wanted is not None and config[key] != wanted:
-                raise ValueError(f"resume: {resume} is a run of {key} {config[key]!r}, not {wanted!r}; drop --{key} "
-                                 "or pass a checkpoint of that run")
-        for key, value in (config_dict or {}).items():
-            config[key] = value
-    else:
-        config = build_config(model, dataset, config_file_list, config_dict)
+    checkpoint, config = _resumed_config(resume, model, dataset, config_dict) if resume else \
+        (None, build_config(model, dataset, config_file_list, config_dict))
     if config["distributed_workers"]:
         scale(config)
     init_seed(config["seed"], config["reproducibility"])
@@ -152,23 +143,63 @@ def run(model: str | None, dataset: str | None, config_file_list: list[str] | No
                                             show_progress=config["show_progress"]) if test and pretrain_file else None
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
-    return {
-        "model": config["model"],
-        "dataset": config["dataset"],
-        "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
-        "pretrain_test_result": pretrain_test_result,
-        "checkpoint": trainer.saved_model_file if saved else None,
-        "epochs": len(trainer.train_seconds),
-        "train_seconds": trainer.train_seconds,
-        "train_losses": trainer.train_losses,
-        "valid_seconds": trainer.valid_seconds,
-        "valid_scores": trainer.valid_curve,
-        "stage_epochs": trainer.stage_epochs,
-        "stop": getattr(trainer, "stop_reason", None),  # epochs | stopping_step | stopping_rule | time_budget
-    }
+    return {"model": config["model"], "dataset": config["dataset"], "best_valid_score": best_valid_score,
+            "valid_score_bigger": config["valid_metric_bigger"], "best_valid_result": best_valid_result,
+            "test_result": test_result, "pretrain_test_result": pretrain_test_result,
+            "checkpoint": trainer.saved_model_file if saved else None, **_trainer_record(trainer)}
+
+
+def _resumed_config(resume: str, model: str | None, dataset: str | None, config_dict: dict | None) -> tuple[str, Config]:
+    """(the run's checkpoint, its saved configuration with ``config_dict`` laid over it) for ``run(resume=...)``."""
+    checkpoint, state = resume_state(resume)
+    config = state["config"]
+    locate_data(config, checkpoint)  # the trainer refuses the run if the data changed since (its resume files)
+    for key, wanted in (("model", model), ("dataset", dataset)):
+        if wanted is not None and config[key] != wanted:
+            raise ValueError(f"resume: {resume} is a run of {key} {config[key]!r}, not {wanted!r}; drop --{key} "
+                             "or pass a checkpoint of that run")
+    for key, value in (config_dict or {}).items():
+        config[key] = value
+    return checkpoint, config
+
+
+def _trainer_record(trainer) -> dict:
+    """What a run reports of its training: epochs, per-epoch seconds, losses, the valid curve, the stop reason."""
+    return {"epochs": len(trainer.train_seconds), "train_seconds": trainer.train_seconds,
+            "train_losses": trainer.train_losses, "valid_seconds": trainer.valid_seconds,
+            "valid_scores": trainer.valid_curve, "stage_epochs": trainer.stage_epochs,
+            "stop": getattr(trainer, "stop_reason", None)}  # epochs | stopping_step | stopping_rule | time_budget
+
+
+def absolute_paths(base: Config, config_file_list: list[str] | None,
+                   config_dict: dict) -> tuple[list[str] | None, dict]:
+    """The run's paths made absolute, for runs that work in another folder (Ray trials and workers): ``data_path``
+    (as ``base`` resolved it), the config files and ``pretrain_path``. -> (config files, a new config dict)"""
+    config_dict = dict(config_dict)
+    if base["data_path"]:
+        config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())
+    if config_dict.get("pretrain_path"):
+        config_dict["pretrain_path"] = str(Path(config_dict["pretrain_path"]).resolve())
+    return [str(Path(f).resolve()) for f in config_file_list or []] or None, config_dict
+
+
+def plain(value):
+    """A run's results as plain Python (tensors and numpy scalars -> numbers, mappings -> dicts), for YAML and
+    Ray's metrics."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def enter_worker(threads: float, folder: Path) -> None:
+    """Make this Ray worker process ready for :func:`run`: a clean ``sys.argv``, ``threads`` torch threads (torch
+    would take every core of the node) and ``folder`` as the working directory (RecBole writes ``log/`` there)."""
+    compat.setup_worker()
+    torch.set_num_threads(max(1, int(threads)))
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chdir(folder)
 
 
 def evaluate_checkpoint(checkpoint: str, config_dict: dict | None = None) -> dict:

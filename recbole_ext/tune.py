@@ -25,7 +25,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from recbole_ext import compat, quick_start
 from recbole_ext.checkpoints import BEST_FILE, run_checkpoints
+from recbole_ext.distributed import check_resources, keep_ray_gpus, run_distributed
+from recbole_ext.quick_start import build_config, check_dataset, evaluate_checkpoint
+from recbole_ext.trainer.base import resolve_trainer
+from recbole_ext.validation import check_value, read_mapping
 
 DISTRIBUTIONS = ("choice", "uniform", "quniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "fifo", "median", "pbt")
@@ -69,8 +74,6 @@ def _domain(kind: str, args: list, grid: bool, where: str):
 
 def parse_space(path: str | Path, grid: bool = False) -> dict:
     """Read a ``hyper.test``-style or YAML search space into Ray Tune domains; errors name the line."""
-    from recbole_ext.validation import read_mapping
-
     path = Path(path)
     if not path.is_file():
         raise SearchSpaceError(f"search space {path} does not exist")
@@ -138,7 +141,6 @@ def check_space(model: str, base, space: dict, source: str = "the search space")
     configuration; one line naming ``source`` (the file), the key and the value."""
     from recbole.utils import get_model
 
-    from recbole_ext.validation import check_value
 
     model_class = get_model(model)
     for key, domain in space.items():
@@ -162,84 +164,87 @@ def sweep_name(storage: Path, model: str, dataset: str, name: str | None = None)
 def trial_config(params: dict, fixed: dict, trial_dir: Path, environ=os.environ) -> dict:
     """One trial's config dict: the fixed settings, the sampled values, its own checkpoint folder, and the GPUs Ray
     gave it (:func:`recbole_ext.distributed.keep_ray_gpus`)."""
-    from recbole_ext.distributed import keep_ray_gpus
-
     return keep_ray_gpus({**fixed["config_dict"], **params, "checkpoint_dir": str(trial_dir / "saved")}, environ)
 
 
 def _trial(params: dict, fixed: dict) -> None:
     """One trial, in a Ray worker: train with per-epoch valid reports; no test evaluation here.
 
-    Each report that follows an improved validation carries the trial's best checkpoint (``best.pth``, plus TiMiRec's
-    ``best-pretrain.pth``) as a Tune checkpoint, so it reaches ``storage_path`` on any cluster; the report's ``stage``
-    (0, or 1 in a second training stage) lets the sweep rank each trial on the stage whose checkpoint it tests.
-    Under PBT every report also carries the trainer state, and a trial that Tune restarts from another trial's
-    checkpoint (exploit) resumes it with its own, perturbed hyper-parameters (explore)."""
-    import shutil
-    import tempfile
-
-    import torch
+    Each report that follows an improved validation carries the trial's best checkpoint (``best.pth``, plus a first
+    stage's file) as a Tune checkpoint, so it reaches ``storage_path`` on any cluster; the report's ``stage`` (0, or 1
+    in a second training stage) lets the sweep rank each trial on the stage whose checkpoint it tests. Under PBT
+    every report also carries the trainer state, and a trial that Tune restarts from another trial's checkpoint
+    (exploit) resumes it with its own, perturbed hyper-parameters (explore)."""
     from ray import tune
 
-    from recbole_ext import compat, quick_start
-
-    compat.setup_worker()
-    torch.set_num_threads(max(1, int(fixed["cpus_per_trial"])))  # torch would take every core of the node
     trial_dir = Path(tune.get_context().get_trial_dir())
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    os.chdir(trial_dir)  # RecBole writes log/ and log_tensorboard/ into the CWD
+    quick_start.enter_worker(fixed["cpus_per_trial"], trial_dir)
     config = trial_config(params, fixed, trial_dir)
     if fixed["workers_per_trial"] > 1:  # the trial drives a Ray Train worker group; its reports come back to Tune
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        from recbole_ext.distributed import run_distributed
-
-        workers = fixed["workers_per_trial"]
-        cpus = (fixed["cpus_per_trial"] - DRIVER_CPU) / workers  # the trial itself holds DRIVER_CPU
-        run_distributed(fixed["model"], fixed["dataset"], fixed["config_files"], config, workers=workers,
-                        use_gpu=fixed["gpus_per_trial"] > 0, cpus_per_worker=cpus,
-                        storage_path=Path(fixed["storage"]) / fixed["name"] / trial_dir.name, name="train",
-                        callbacks=[TuneReportCallback()])  # the workers' checkpoints go to the sweep's storage
+        _distributed_trial(config, fixed, trial_dir)
         return
-    trainers = []
+    hooks = _TrialHooks(str(trial_dir / "saved" / BEST_FILE), fixed["checkpoint_every_epoch"])
+    result = quick_start.run(fixed["model"], fixed["dataset"], config_file_list=fixed["config_files"],
+                             config_dict=config, test=False, callback_fn=hooks.report, on_trainer=hooks.attach)
+    # marks a trial that ended on its own (a scheduler-stopped one never gets here); not an epoch
+    tune.report({"epoch": -1, "valid_score": float(result["best_valid_score"]), "finished": 1,
+                 "stage": hooks.trainer.stage})
 
-    best_file = str(trial_dir / "saved" / BEST_FILE)  # one name, also across PBT restarts
 
-    def attach(trainer) -> None:
-        trainers.append(trainer)
-        trainer.saved_model_file = best_file
+def _distributed_trial(config: dict, fixed: dict, trial_dir: Path) -> None:
+    """A trial trained by ``workers_per_trial`` Ray Train workers, which report to Tune themselves."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    workers = fixed["workers_per_trial"]
+    cpus = (fixed["cpus_per_trial"] - DRIVER_CPU) / workers  # the trial itself holds DRIVER_CPU
+    run_distributed(fixed["model"], fixed["dataset"], fixed["config_files"], config, workers=workers,
+                    use_gpu=fixed["gpus_per_trial"] > 0, cpus_per_worker=cpus,
+                    storage_path=Path(fixed["storage"]) / fixed["name"] / trial_dir.name, name="train",
+                    callbacks=[TuneReportCallback()])  # the workers' checkpoints go to the sweep's storage
+
+
+class _TrialHooks:
+    """A single-process trial's two hooks into :func:`recbole_ext.quick_start.run`: ``attach`` (the trainer, before
+    training: one best-file name, and a PBT restart resumed from its donor) and ``report`` (every validation)."""
+    def __init__(self, best_file: str, every_epoch: bool):
+        self.best_file, self.every_epoch, self.trainer = best_file, every_epoch, None
+
+    def attach(self, trainer) -> None:
+        from ray import tune
+
+        self.trainer = trainer
+        trainer.saved_model_file = self.best_file  # one name, also across PBT restarts
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
             trainer.resume_checkpoint(os.path.join(folder, "trainer.pth"))
-        trainer.saved_model_file = best_file  # resume_checkpoint points it at the donor's file
+        trainer.saved_model_file = self.best_file  # resume_checkpoint points it at the donor's file
         for group in trainer.optimizer.param_groups:  # the restored optimizer state carries the donor's values
             group["lr"] = trainer.config["learning_rate"]
             if group["weight_decay"]:
                 group["weight_decay"] = trainer.config["weight_decay"]
         trainer._save_checkpoint(trainer.start_epoch - 1, verbose=False)  # the inherited best, in this folder
 
-    def report(epoch: int, score: float) -> None:
-        trainer = trainers[0]
+    def report(self, epoch: int, score: float) -> None:
+        import shutil
+        import tempfile
+
+        from ray import tune
+
+        trainer = self.trainer
         metrics = {"epoch": epoch, "valid_score": float(score), "stage": trainer.stage}
         improved = trainer.cur_step == 0  # RecBole just saved this epoch's model as the best
-        if not improved and not fixed["checkpoint_every_epoch"]:
+        if not improved and not self.every_epoch:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            for path in run_checkpoints(best_file):  # the best model's, and a first stage's
+            for path in run_checkpoints(self.best_file):  # the best model's, and a first stage's
                 if os.path.isfile(path):
                     shutil.copy2(path, folder)
-            if fixed["checkpoint_every_epoch"]:
+            if self.every_epoch:
                 trainer._save_checkpoint(epoch, verbose=False, saved_model_file=os.path.join(folder, "trainer.pth"))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
-    result = quick_start.run(fixed["model"], fixed["dataset"], config_file_list=fixed["config_files"],
-                             config_dict=config, test=False, callback_fn=report, on_trainer=attach)
-    # marks a trial that ended on its own (a scheduler-stopped one never gets here); not an epoch
-    tune.report({"epoch": -1, "valid_score": float(result["best_valid_score"]), "finished": 1,
-                 "stage": trainers[0].stage})
 
 
 @dataclass
@@ -314,12 +319,7 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
     value of the space is checked (:func:`check_space`) before Ray starts.
     ``workers_per_trial`` > 1: each trial trains on that many Ray Train workers (:mod:`recbole_ext.distributed`),
     which share the trial's ``cpus_per_trial`` / ``gpus_per_trial``."""
-    import ray
     from ray import tune
-
-    from recbole_ext import compat
-    from recbole_ext.quick_start import build_config, check_dataset, evaluate_checkpoint
-    from recbole_ext.trainer.base import resolve_trainer
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler: {scheduler!r} is not one of {SCHEDULERS}")
@@ -327,98 +327,109 @@ def run_sweep(model: str, dataset: str, space: str | Path | dict, *, config_file
         raise ValueError(f"search: {search!r} is not one of {SEARCHES}")
     compat.sanitize_argv()
     param_space = space if isinstance(space, dict) else parse_space(space, grid=search == "grid")
-    config_dict = dict(config_dict or {})
-    base = build_config(model, dataset, config_file_list, config_dict)  # validates model, files and values up front
+    base = build_config(model, dataset, config_file_list, dict(config_dict or {}))  # validates model, files, values
     check_dataset(base)
-    # trials run in their own folders: make every path absolute
-    if base["data_path"]:
-        config_dict["data_path"] = str(Path(base["data_path"]).parent.resolve())
-    config_file_list = [str(Path(f).resolve()) for f in config_file_list or []] or None
-    if config_dict.get("pretrain_path"):
-        config_dict["pretrain_path"] = str(Path(config_dict["pretrain_path"]).resolve())
-    metric, bigger = base["valid_metric"], base["valid_metric_bigger"]
+    config_file_list, config_dict = quick_start.absolute_paths(base, config_file_list, dict(config_dict or {}))
     max_epochs = resolve_trainer(base).max_epochs(base)
     # before Ray starts: a bad value used to fail its trials one by one
     check_space(model, base, param_space, str(space) if not isinstance(space, dict) else "the search space")
+    _check_combination(model, scheduler, max_epochs != base["epochs"], workers_per_trial)
     storage = Path(storage_path).resolve()
     name = sweep_name(storage, model, dataset, name)
-
-    if scheduler == "pbt" and max_epochs != base["epochs"]:
-        raise ValueError(f"scheduler: 'pbt' resumes trials mid-run, which {model}'s multi-stage training does not "
-                         "support; run one stage (e.g. stage=pretrain or stage=finetune) or use asha")
-    if not ray.is_initialized():
-        runtime_env = {"worker_process_setup_hook": "recbole_ext.compat.setup_worker"}
-        if ray_address:  # an existing cluster: its nodes need recbole_ext installed and the data at data_path
-            ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
-    from recbole_ext.distributed import check_resources
-
-    # one trial larger than the cluster would wait forever (Ray only warns, now and then)
-    check_resources(cpus_per_trial, gpus_per_trial, f"--cpus_per_trial={cpus_per_trial:g} --gpus_per_trial="
-                    f"{gpus_per_trial:g}", "lower them", ray_address)
+    _start_ray(ray_address, cpus_per_trial, gpus_per_trial)
     fixed = {"model": model, "dataset": dataset, "config_files": config_file_list, "config_dict": config_dict,
              "checkpoint_every_epoch": scheduler == "pbt", "cpus_per_trial": cpus_per_trial,
              "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial, "storage": str(storage),
              "name": name}
-    if workers_per_trial > 1 and scheduler == "pbt":
-        raise ValueError("scheduler: 'pbt' restarts trials from checkpoints, which distributed trials do not take")
     # a distributed trial only drives its workers, which hold the rest of its resources
     resources = {"cpu": DRIVER_CPU} if workers_per_trial > 1 else {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(_trial, fixed=fixed), resources)
     tuner = tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric="valid_score", mode="max" if bigger else "min",
+        tune_config=tune.TuneConfig(metric="valid_score", mode="max" if base["valid_metric_bigger"] else "min",
                                     scheduler=_scheduler(scheduler, max_epochs, grace_period, param_space),
                                     search_alg=_searcher(search, max_concurrent), num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent if search in ("random", "grid") else None),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))  # the latest = the best
-    grid = tuner.fit()
+    return _summarise(tuner.fit(), base, param_space, config_dict, max_epochs, storage / name, test)
 
+
+def _check_combination(model: str, scheduler: str, several_stages: bool, workers_per_trial: int) -> None:
+    """Refuse what PBT cannot do: restart a trial mid-run in a multi-stage model or a distributed trial."""
+    if scheduler == "pbt" and several_stages:
+        raise ValueError(f"scheduler: 'pbt' resumes trials mid-run, which {model}'s multi-stage training does not "
+                         "support; run one stage (e.g. stage=pretrain or stage=finetune) or use asha")
+    if workers_per_trial > 1 and scheduler == "pbt":
+        raise ValueError("scheduler: 'pbt' restarts trials from checkpoints, which distributed trials do not take")
+
+
+def _start_ray(ray_address: str | None, cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Ray started (or joined), and one trial known to fit in it: a trial larger than the cluster would wait forever
+    (Ray only warns, now and then)."""
+    import ray
+
+    if not ray.is_initialized():
+        runtime_env = {"worker_process_setup_hook": "recbole_ext.compat.setup_worker"}
+        if ray_address:  # an existing cluster: its nodes need recbole_ext installed and the data at data_path
+            ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    check_resources(cpus_per_trial, gpus_per_trial, f"--cpus_per_trial={cpus_per_trial:g} --gpus_per_trial="
+                    f"{gpus_per_trial:g}", "lower them", ray_address)
+
+
+def _trial_row(i: int, result, metric: str, bigger: bool, max_epochs: int) -> tuple[dict, pd.DataFrame]:
+    """One finished trial -> (its row of trials.csv, with ``path`` and ``checkpoint``; its valid curve)."""
+    history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+    finished = "finished" in history and bool((history["finished"] == 1).any())
+    checkpoint = result.checkpoint or _reported(history)
+    if "epoch" in history:
+        history = history[history["epoch"] >= 0]
+    params = {k: quick_start.plain(v) for k, v in (result.config or {}).items()}
+    # a trial ends on its own (early stopping: the "finished" report) or at the horizon, where ASHA stops it
+    status = "error" if result.error else ("completed" if finished or len(history) >= max_epochs else "stopped early")
+    row = {"trial": Path(result.path).name if result.path else f"trial_{i}", **params,
+           f"best_valid_{metric}": best_of_tested_stage(history, bigger), "epochs": len(history),
+           "time_s": round(float(history["time_total_s"].iloc[-1]), 1) if "time_total_s" in history else None,
+           "status": status, "error": str(result.error).strip().splitlines()[-1] if result.error else "",
+           "path": result.path, "checkpoint": checkpoint}
+    return row, history
+
+
+def _summarise(grid, base, param_space: dict, config_dict: dict, max_epochs: int, folder: Path,
+               test: bool) -> SweepResult:
+    """trials.csv / trials.md, valid_curves.png and best.yaml in ``folder``; the best trial's checkpoint tested."""
+    metric, bigger = base["valid_metric"], base["valid_metric_bigger"]
     rows, curves = [], {}
     for i, result in enumerate(grid):
-        history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-        finished = "finished" in history and bool((history["finished"] == 1).any())
-        checkpoint = result.checkpoint or _reported(history)
-        if "epoch" in history:
-            history = history[history["epoch"] >= 0]
-        params = {k: _plain(v) for k, v in (result.config or {}).items()}
+        row, history = _trial_row(i, result, metric, bigger, max_epochs)
+        rows.append(row)
         if "valid_score" in history and len(history):
-            label = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            label = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in quick_start.plain(dict(result.config or {})).items())
             curves[f"#{i} {label}"] = history
-        best = best_of_tested_stage(history, bigger)
-        # a trial ends on its own (early stopping: the "finished" report) or at the horizon, where ASHA stops it
-        status = "error" if result.error else ("completed" if finished or len(history) >= max_epochs else "stopped early")
-        rows.append({"trial": Path(result.path).name if result.path else f"trial_{i}", **params,
-                     f"best_valid_{metric}": best, "epochs": len(history),
-                     "time_s": round(float(history["time_total_s"].iloc[-1]), 1) if "time_total_s" in history else None,
-                     "status": status, "error": str(result.error).strip().splitlines()[-1] if result.error else "",
-                     "path": result.path, "checkpoint": checkpoint})
     table = pd.DataFrame(rows)
-    folder = storage / name
     shown = table.drop(columns=["path", "checkpoint"])
     shown.to_csv(folder / "trials.csv", index=False)
     (folder / "trials.md").write_text(shown.to_markdown(index=False))
     _plot(curves, metric, folder / "valid_curves.png")
-
     ok = table[table.status != "error"].dropna(subset=[f"best_valid_{metric}"])
     if ok.empty:
         raise RuntimeError(f"every trial failed; see {folder / 'trials.csv'}")
     best_row = ok.sort_values(f"best_valid_{metric}", ascending=not bigger).iloc[0]
-    best_params = {k: _plain(best_row[k]) for k in param_space}
+    best_params = {k: quick_start.plain(best_row[k]) for k in param_space}
     best_file = folder / "best.yaml"
-    best_file.write_text(f"# python run_recbole_ext.py --model={model} --dataset={dataset} --config_files={best_file}\n"
-                         + yaml.safe_dump({**config_dict, **best_params}, sort_keys=True))
+    best_file.write_text(f"# python run_recbole_ext.py --model={base['model']} --dataset={base['dataset']} "
+                         f"--config_files={best_file}\n" + yaml.safe_dump({**config_dict, **best_params}, sort_keys=True))
     test_result = None
     if test:
         if best_row["checkpoint"] is None:
             raise RuntimeError(f"the best trial {best_row['trial']} reported no checkpoint")
         with best_row["checkpoint"].as_directory() as reported:  # from storage_path, wherever the trial ran
             test_result = {k: float(v) for k, v in evaluate_checkpoint(str(_best_checkpoint(Path(reported)))).items()}
-    return SweepResult(shown, best_params, best_file, test_result, folder / "valid_curves.png",
-                       folder)
+    return SweepResult(shown, best_params, best_file, test_result, folder / "valid_curves.png", folder)
 
 
 def best_of_tested_stage(history: pd.DataFrame, bigger: bool) -> float | None:
@@ -437,11 +448,6 @@ def _reported(history: pd.DataFrame):
 
     paths = history["checkpoint_path"].dropna() if "checkpoint_path" in history else []
     return tune.Checkpoint(paths.iloc[-1]) if len(paths) else None
-
-
-def _plain(value):
-    """numpy scalars -> Python values, for YAML."""
-    return value.item() if hasattr(value, "item") else value
 
 
 def _best_checkpoint(folder: Path) -> Path:

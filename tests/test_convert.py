@@ -1,14 +1,15 @@
 """Raw-file converters: formats, counts, atomic publication, ReChorus split kept exactly."""
 
+import ast
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from recbole_ext import run
 from recbole_ext.data import convert
 from recbole_ext.data.convert import convert_mfn_ml1m, convert_ml1m, convert_rechorus
+from recbole_ext.quick_start import _build, build_config
 
 
 def write_ml1m(folder: Path, n_ratings: int, n_users: int, n_movies: int) -> None:
@@ -77,18 +78,26 @@ def write_rechorus(folder: Path, n_users: int = 25, n_items: int = 30, n_neg: in
 
 
 def test_rechorus_split_and_negatives_are_kept(tmp_path):
-    from recbole_ext.data.protocol import FixedNegatives  # noqa: F401  (used through the run below)
-
+    """RecBole's leave-one-out split of the converted file gives back ReChorus's dev/test targets (the data
+    preparation every run does checks them), and the candidates ranked are ReChorus's own negatives of each user, in
+    its order (the test list is the dev list reversed here)."""
     write_rechorus(tmp_path / "raw" / "Toy")
     out = convert_rechorus(tmp_path / "raw" / "Toy", tmp_path / "data", "toy")
     assert sorted(p.name for p in out.iterdir()) == ["toy.inter", "toy.test.neg", "toy.valid.neg"]
-    neg = pd.read_csv(out / "toy.valid.neg", sep="\t", dtype=str)
-    assert len(neg.iloc[0]["neg_items:token_seq"].split()) == 9
-    # the run checks every valid/test target against RecBole's leave-one-out split and reads the 9 negatives
-    result = run("ComiRec", "toy", config_dict={
+    assert len(pd.read_csv(out / "toy.inter", sep="\t")) == 25 * 7  # train, dev and test rows, one file
+    config = build_config("ComiRec", "toy", config_dict={
         "data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "protocol": "rechorus",
         "epochs": 1, "topk": [1, 5], "embedding_size": 8, "show_progress": False, "state": "ERROR"})
-    assert 0.0 <= result["test_result"]["hit@1"] <= result["test_result"]["hit@5"] <= 1.0
+    _, train, valid, test = _build(config)
+    dataset = train._dataset
+    for loader, part in ((valid, "dev"), (test, "test")):
+        raw = pd.read_csv(tmp_path / "raw" / "Toy" / f"{part}.csv", sep="\t").set_index("user_id")
+        users = dataset.id2token("user_id", loader._dataset.inter_feat["user_id"].numpy()).astype(int)
+        assert sorted(users) == list(range(1, 26))  # one row per user
+        targets = dataset.id2token("item_id", loader._dataset.inter_feat["item_id"].numpy()).astype(int)
+        assert targets.tolist() == raw.loc[users, "item_id"].tolist()
+        negatives = dataset.id2token("item_id", loader._sampler.negatives.numpy()).astype(int)
+        assert negatives.tolist() == [ast.literal_eval(raw.loc[u, "neg_items"]) for u in users]
 
 
 @pytest.mark.realdata

@@ -39,11 +39,29 @@ def test_pair_layer_hand_values():
 
 
 def test_pair_sampling_uses_only_the_sampled_pairs():
+    """A sample of pairs is a subset of the full layer's pairs, drawn without replacement: each sampled pair's q and
+    prototype are the full layer's, its attention the full attention renormalised over the sample; a pair whose
+    prototype is zero (weight ‖u_p‖² = 0) is never drawn."""
     torch.manual_seed(0)
     layer = InteractionAwarePairs(5, 3, 4, 2, 10.0)
-    attention, q, prototypes = layer(torch.randn(2, 5, 3), sample_size=4)
-    assert attention.shape == (2, 4) and q.shape == (2, 4, 3) and prototypes.shape == (4, 3)
-    assert torch.allclose(attention.sum(1), torch.ones(2))  # renormalised over the sampled pairs
+    e = torch.randn(2, 5, 3)
+    full_attention, full_q, full_prototypes = layer(e)
+    for _ in range(20):
+        attention, q, prototypes = layer(e, sample_size=4)
+        assert attention.shape == (2, 4) and q.shape == (2, 4, 3) and prototypes.shape == (4, 3)
+        chosen = torch.cdist(prototypes, full_prototypes).argmin(1)  # which of the 10 pairs each one is
+        assert len(set(chosen.tolist())) == 4  # without replacement
+        assert torch.allclose(prototypes, full_prototypes[chosen]) and torch.allclose(q, full_q[:, chosen])
+        kept = full_attention[:, chosen]
+        assert torch.allclose(attention, kept / kept.sum(1, keepdim=True), atol=1e-6)
+    with torch.no_grad():
+        layer.phi[0] = 0.0  # pairs (0, j): u_p = 0
+    field_zero = {int(p) for p in torch.nonzero(layer.row == 0).flatten()}
+    assert len(field_zero) == 4
+    for _ in range(20):
+        prototypes = layer(e, sample_size=6)[2]  # 6 of the 6 pairs with a non-zero prototype
+        chosen = torch.cdist(prototypes, layer.prototypes(layer.row, layer.col)).argmin(1)
+        assert not field_zero & set(chosen.tolist()) and (prototypes.abs().sum(1) > 0).all()
 
 
 def test_parameter_counts_match_the_spec_formulas(ratings):
@@ -85,14 +103,16 @@ def test_ctr_labels_and_split(ratings):
 
 
 def test_fm_warm_start_copies_exactly_and_refuses_a_mismatch(ratings, tmp_path):
-    fm = run_recbole(model="FM", dataset="rated", config_dict=ratings)
+    fm = run_recbole(model="FM", dataset="rated", config_dict={**ratings, "epochs": 3, "learning_rate": 0.05})
+    assert fm["test_result"]["auc"] > 0.9  # the label is a function of user and item parity: weights worth copying
     checkpoint = next((tmp_path / "saved").glob("FM-*.pth"))
     config = build_config("IFM", "rated", config_dict={**ratings, "pretrain_path": str(checkpoint)})
     ifm = _build(config)[0]
+    cold = _build(build_config("IFM", "rated", config_dict=ratings))[0]  # the same seed, no pretrain_path
     saved = torch.load(checkpoint, weights_only=False)["state_dict"]
     for key in ("token_embedding_table.embedding.weight", "first_order_linear.bias"):
         assert torch.equal(ifm.state_dict()[key], saved[key])
-    assert fm["test_result"]["auc"] > 0
+        assert not torch.allclose(cold.state_dict()[key], saved[key])  # the equality is the copy's, not the seed's
     with pytest.raises(ValueError, match="embedding_size"):
         _build(build_config("IFM", "rated", config_dict={**ratings, "pretrain_path": str(checkpoint),
                                                          "embedding_size": 8}))

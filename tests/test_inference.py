@@ -1,6 +1,7 @@
 """Using trained models: top-k by raw ids, interest attribution, embedding export and its numpy top-k round trip."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -99,26 +100,39 @@ def test_general_and_context_models_recommend_by_their_own_scores(tiny, ratings)
 
 
 def test_cli_recommend_and_export_write_their_files(comirec, tmp_path, capsys):
+    """The CLI's files hold what the Python API gives: the same top-k rows, the same item vectors."""
     checkpoint, _ = comirec
     (tmp_path / "who.txt").write_text("u1\nu2\n")
     assert main(["recommend", f"--checkpoint={checkpoint}", f"--users_file={tmp_path / 'who.txt'}", "--k=2",
                  f"--output={tmp_path / 'top.json'}"]) == 0
-    rows = json.loads((tmp_path / "top.json").read_text())
-    assert [r["user"] for r in rows] == ["u1", "u1", "u2", "u2"] and "interest" in rows[0]
+    rows = pd.DataFrame(json.loads((tmp_path / "top.json").read_text()))
+    expected = recommend(checkpoint, ["u1", "u2"], k=2)
+    assert rows[["user", "rank", "item", "interest"]].values.tolist() == \
+        expected[["user", "rank", "item", "interest"]].values.tolist()
+    assert np.allclose(rows.score, expected.score, rtol=1e-6, atol=1e-9)
     assert main(["export", f"--checkpoint={checkpoint}", "--what=items", "--format=csv",
                  f"--output={tmp_path / 'items.csv'}"]) == 0
-    assert pd.read_csv(tmp_path / "items.csv").shape == (40, 9)
+    table = pd.read_csv(tmp_path / "items.csv")
+    ids, items = TrainedModel(checkpoint).embeddings("items")
+    assert table.shape == (40, 9) and table.iloc[:, 0].astype(str).tolist() == ids.tolist()
+    assert np.allclose(table.iloc[:, 1:].to_numpy(), items, rtol=1e-6, atol=1e-9)
     assert "items: 40 x 8" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("model, dataset, extra", MODELS, ids=[m for m, _, _ in MODELS])
 def test_every_plugin_model_recommends_unseen_items_by_raw_id(tiny, ratings, model, dataset, extra):
+    """exclude_history leaves out every item of the user's rows in the raw .inter file (read here, not through the
+    package; rows a protocol dropped included), and each user's rows come best first."""
     base = base_config(model, dataset, tiny, ratings)
     trained = TrainedModel(run(model, dataset, config_dict={**base, **extra})["checkpoint"])
     users = trained.dataset.field2id_token[trained.uid][1:3].tolist()
     table = trained.recommend(users, k=3, exclude_history=True)
     assert table.user.tolist() == [u for u in users for _ in range(3)] and np.isfinite(table.score).all()
-    rows, items = trained.seen(trained.user_ids(users))
-    for row, user in enumerate(users):
-        assert set(table[table.user == user].item).isdisjoint(trained._tokens(trained.iid, items[rows == row]))
+    raw = pd.read_csv(Path(trained.dataset.dataset_path) / f"{trained.dataset.dataset_name}.inter", sep="\t", dtype=str)
+    raw.columns = [c.split(":")[0] for c in raw.columns]
+    for user in users:
+        rows = table[table.user == user]
+        history = set(raw[raw[trained.uid] == user][trained.iid])
+        assert history and set(rows.item).isdisjoint(history), (user, sorted(history & set(rows.item)))
+        assert rows.score.is_monotonic_decreasing
     assert ("interest" in table) == hasattr(trained.model, "interest_vectors")

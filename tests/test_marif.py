@@ -9,7 +9,7 @@ import torch
 from recbole.quick_start import run_recbole
 from recbole.utils import init_seed
 
-from recbole_ext.data.history import UpDownSampler
+from recbole_ext.model.context_aware.history import UpDownSampler
 from recbole_ext.model.context_aware.marif import HistoryTower
 from recbole_ext.quick_start import _build, build_config
 from recbole_ext.trainer.base import resolve_trainer

@@ -10,12 +10,13 @@ import pytest
 import torch
 from recbole.quick_start import run_recbole
 from recbole.utils import init_seed
+from sklearn.metrics import roc_auc_score
 
 from recbole_ext.data import mfn as mfn_data
 from recbole_ext.evaluation import F1, Accuracy, ClassAUC
 from recbole_ext.model.kernels import FastDropout
 from recbole_ext.model.sequential.mfn import category_means, info_nce
-from recbole_ext.quick_start import _build, build_config
+from recbole_ext.quick_start import _build, build_config, load
 from recbole_ext.trainer.base import resolve_trainer
 
 TINY = "mfn-synthetic-tiny"
@@ -200,14 +201,48 @@ def test_classification_metrics_by_hand():
     assert ClassAUC.metric_info(None, probs, labels) == pytest.approx((1 + 0.875 + 1) / 3)
 
 
+def _saved(folder) -> str:
+    """The one checkpoint a run wrote into ``folder`` (not its resume file)."""
+    found = [p for p in folder.glob("MFN-*.pth") if not p.name.endswith("-resume.pth")]
+    assert len(found) == 1, found
+    return str(found[0])
+
+
 def test_both_tasks_run_through_run_recbole(synthetic, tmp_path):
-    base = {**synthetic, "checkpoint_dir": str(tmp_path / "saved")}
-    rec = run_recbole(model="MFN", dataset=TINY, config_dict=base)
-    assert set(rec["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
-    for label in ("gender", "age"):
-        user = run_recbole(model="MFN", dataset=TINY, config_dict={**base, "task": "user_classification",
-                                                                    "label": label})
-        assert {"classauc", "accuracy", "f1"} <= set(user["test_result"])
+    """run_recbole trains MFN on each task, and its test metrics are those of the model it saved, by hand: Hit@k and
+    NDCG@k of the next item from the full-sort scores, Accuracy (and AUC) of the user label from the head's
+    probabilities (one logit for gender, five classes for age)."""
+    rec = run_recbole(model="MFN", dataset=TINY, config_dict={**synthetic, "checkpoint_dir": str(tmp_path / "rec")})
+    _, net, _, _, _, test = load(_saved(tmp_path / "rec"))
+    net.eval()
+    with torch.no_grad():
+        ranks = []
+        for batch, *_ in test:
+            scores = net.full_sort_predict(batch)
+            scores[:, 0] = -torch.inf  # RecBole never ranks the padding item
+            target = scores.gather(1, batch["item_id"].unsqueeze(1))
+            ranks.append(1 + (scores > target).sum(1))
+    rank = torch.cat(ranks).double()
+    assert len(rank) == 200  # one test row per user (leave-one-out)
+    for k in (5, 10):
+        hit = (rank <= k).double()
+        assert rec["test_result"][f"hit@{k}"] == pytest.approx(hit.mean().item(), abs=1e-4)
+        assert rec["test_result"][f"ndcg@{k}"] == pytest.approx((hit / torch.log2(rank + 1)).mean().item(), abs=1e-4)
+    for label, classes in (("gender", 1), ("age", 5)):
+        folder = tmp_path / label
+        user = run_recbole(model="MFN", dataset=TINY, config_dict={**synthetic, "checkpoint_dir": str(folder),
+                                                                    "task": "user_classification", "label": label})
+        _, net, _, _, _, test = load(_saved(folder))
+        assert net.user_head.out_features == classes
+        net.eval()
+        with torch.no_grad():
+            batches = [(net.predict(batch), batch[label]) for batch, *_ in test]
+        probabilities, labels = torch.cat([p for p, _ in batches]).numpy(), torch.cat([y for _, y in batches]).numpy()
+        assert len(labels) == 20  # the test users
+        predicted = probabilities >= 0.5 if classes == 1 else probabilities.argmax(1)
+        assert user["test_result"]["accuracy"] == pytest.approx((predicted == labels).mean(), abs=1e-4)
+        if classes == 1:
+            assert user["test_result"]["classauc"] == pytest.approx(roc_auc_score(labels, probabilities), abs=1e-4)
     config, net, train, valid, test = build(synthetic, tmp_path, task="user_classification", label="age", epochs=4)
     assert net.user_head.out_features == 5 and [len(d.dataset) for d in (train, valid, test)] == [160, 20, 20]
     users = [set(d.dataset.inter_feat["user_id"].tolist()) for d in (train, valid, test)]

@@ -9,6 +9,8 @@ from recbole.evaluator.metrics import NDCG, Hit
 from recbole_ext import run
 from recbole_ext.data.protocol import sample_negatives
 from recbole_ext.evaluation.ranking import pessimistic_rank, rank_scores
+from recbole_ext.quick_start import _build, build_config, load
+from recbole_ext.trainer.base import resolve_trainer
 
 
 def test_pessimistic_rank_counts_ties_against_target():
@@ -47,13 +49,78 @@ def test_sampled_negatives_avoid_seen_items_and_repeat_with_seed():
 
 
 
-def test_protocol_run_is_deterministic_and_uses_candidates(tiny):
+def test_protocol_run_is_deterministic(tiny):
     cfg = {**tiny, "protocol": "rechorus", "topk": [5, 10], "epochs": 1}
     first = run("ComiRec", "tiny", config_dict=cfg)
     second = run("ComiRec", "tiny", config_dict=cfg)
     assert first["test_result"] == second["test_result"]
     assert set(first["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
-    assert 0.0 <= first["test_result"]["ndcg@5"] <= first["test_result"]["hit@5"] <= 1.0
+
+
+def _ship_negatives(folder, n_neg: int) -> dict:
+    """``tiny.valid.neg`` / ``tiny.test.neg`` for RecBole's leave-one-out split of ``folder/tiny.inter`` (valid: each
+    user's second-last item, test: its last), rows in another order than the users', n_neg items the user never had.
+    -> {phase: {user token: [negative item tokens]}}"""
+    inter = pd.read_csv(folder / "tiny.inter", sep="\t").sort_values(["user_id:token", "timestamp:float"])
+    items = sorted(set(inter["item_id:token"]))
+    rng = np.random.default_rng(11)
+    shipped = {}
+    for phase, position in (("valid", -2), ("test", -1)):
+        rows = []
+        for user, group in inter.groupby("user_id:token"):
+            unseen = sorted(set(items) - set(group["item_id:token"]))
+            rows.append((user, group["item_id:token"].iloc[position], list(rng.choice(unseen, n_neg, replace=False))))
+        rows = [rows[i] for i in rng.permutation(len(rows))]
+        pd.DataFrame({"user_id:token": [u for u, _, _ in rows], "item_id:token": [t for _, t, _ in rows],
+                      "neg_items:token_seq": [" ".join(n) for _, _, n in rows]}).to_csv(
+            folder / f"tiny.{phase}.neg", sep="\t", index=False)
+        shipped[phase] = {u: n for u, _, n in rows}
+    return shipped
+
+
+def test_the_shipped_negatives_are_the_candidates_that_are_ranked(tiny, tmp_path):
+    """The candidate matrix is the .neg file's rows, aligned by user; a model that scores the target above every
+    candidate but below an item outside them gets Hit@1 = 1 (full ranking would put the target second), and one that
+    scores a shipped negative above the target puts it second."""
+    shipped = _ship_negatives(tmp_path / "data" / "tiny", n_neg=4)
+    config = build_config("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus", "topk": [1, 5],
+                                                          "valid_metric": "NDCG@5"})
+    net, _, valid, test = _build(config)
+    dataset = test._dataset
+    for phase, loader in (("valid", valid), ("test", test)):
+        users = dataset.id2token("user_id", loader._dataset.inter_feat["user_id"].numpy())
+        expected = torch.as_tensor(np.stack([dataset.token2id("item_id", shipped[phase][u]) for u in users]))
+        assert torch.equal(loader._sampler.negatives, expected), phase
+        loader.trainer_ready = True  # as the plugin trainer marks it
+        batch = next(iter(loader))[0]
+        assert torch.equal(batch["candidates"][:, 0], batch["item_id"])  # column 0: the target
+        assert torch.equal(batch["candidates"][:, 1:], expected[:len(batch)])
+    n_items = dataset.item_num
+
+    def score(above_the_target):
+        """The model's scores: the target 2, the item above_the_target(batch) picks per row 3, every other item 0
+        (full_sort_predict, and predict_candidates its candidate columns: whichever the trainer calls)."""
+        def full_sort_predict(interaction):
+            scores, rows = torch.zeros(len(interaction), n_items), torch.arange(len(interaction))
+            scores[rows, interaction["item_id"]] = 2.0
+            scores[rows, above_the_target(interaction)] = 3.0
+            return scores
+        net.full_sort_predict = full_sort_predict
+        net.predict_candidates = lambda interaction, candidates: full_sort_predict(interaction).gather(1, candidates)
+
+    def outside_the_candidates(interaction):
+        free = torch.ones(len(interaction), n_items, dtype=torch.bool)
+        free[:, 0] = False
+        free.scatter_(1, interaction["candidates"], False)
+        return free.float().argmax(1)
+
+    trainer = resolve_trainer(config)(config, net)
+    score(outside_the_candidates)
+    assert trainer.evaluate(test, load_best_model=False) == {"hit@1": 1.0, "hit@5": 1.0, "ndcg@1": 1.0, "ndcg@5": 1.0}
+    score(lambda interaction: interaction["candidates"][:, 2])  # a shipped negative
+    result = trainer.evaluate(test, load_best_model=False)
+    assert result["hit@1"] == 0.0 and result["hit@5"] == 1.0
+    assert result["ndcg@5"] == pytest.approx(1 / np.log2(3), abs=1e-4)
 
 
 def test_plain_recbole_trainer_is_refused_not_silently_wrong(tiny):
@@ -81,17 +148,33 @@ def test_shipped_negatives_must_match_the_split(tiny, tmp_path):
 
 
 def test_recbole_builtin_model_runs_under_the_protocol(tiny):
-    """SASRec has no predict_candidates: the trainer mixin falls back to full_sort_predict + gather."""
+    """SASRec has no predict_candidates: the trainer mixin falls back to full_sort_predict + gather. The run's test
+    metrics are the pessimistic ranks of the reloaded model's full-sort scores at the candidate columns, by hand."""
     cfg = {**tiny, "protocol": "rechorus", "n_layers": 1, "n_heads": 1, "hidden_size": 8, "inner_size": 8,
            "loss_type": "CE", "train_neg_sample_args": None}
     result = run("SASRec", "tiny", config_dict=cfg)
-    assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
     assert len(result["valid_scores"]) == 1
+    _, net, _, _, _, test = load(result["checkpoint"])
+    net.eval()
+    ranks = []
+    test.trainer_ready = True  # as the plugin trainer marks it
+    with torch.no_grad():
+        for batch, *_ in test:
+            scores = net.full_sort_predict(batch).gather(1, batch["candidates"])  # [B, 1 + 20]
+            assert scores.shape == (len(batch), 21)
+            ranks.append(1 + (scores[:, 1:] >= scores[:, :1]).sum(1))
+    rank = torch.cat(ranks).double()
+    assert len(rank) == 30 and rank.max() > 1  # every user once; not a trivial model
+    for k in (5, 10):
+        hit = (rank <= k).double()
+        assert result["test_result"][f"hit@{k}"] == pytest.approx(hit.mean().item(), abs=1e-4)
+        assert result["test_result"][f"ndcg@{k}"] == pytest.approx((hit / torch.log2(rank + 1)).mean().item(), abs=1e-4)
 
 
 def test_time_budget_stops_even_while_the_score_improves(tiny):
     result = run("ComiRec", "tiny", config_dict={**tiny, "epochs": 5, "time_budget": 1e-6})
-    assert result["epochs"] == 1 and result["test_result"] is not None  # the best (only) checkpoint is tested
+    assert result["epochs"] == 1 and result["stop"] == "time_budget"
+    assert result["test_result"] is not None  # the best (only) checkpoint is tested
 
 
 def test_shipped_negatives_numeric_and_token_paths_agree(tmp_path, monkeypatch):

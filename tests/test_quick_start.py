@@ -1,5 +1,6 @@
 """Entry points: RecBole's run_recbole / load_data_and_model, recbole_ext.run, the CLI and its errors."""
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +17,47 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_recbole_run_recbole_trains_plugin_model(tiny):
-    result = run_recbole(model="ComiRec", dataset="tiny", config_dict=tiny)
+    """RecBole's run_recbole builds, trains and tests a plugin model as recbole_ext.run does (the same seed, data
+    hooks and plugin trainer): the same test metrics and the same trained weights."""
+    result = run_recbole(model="ComiRec", dataset="tiny", config_dict={**tiny, "epochs": 2})
+    ours = run("ComiRec", "tiny", config_dict={**tiny, "epochs": 2})
     assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
+    assert dict(result["test_result"]) == pytest.approx(dict(ours["test_result"]), abs=1e-4)
+    saved = [p for p in Path(tiny["checkpoint_dir"]).glob("ComiRec-*.pth")
+             if not p.name.endswith("-resume.pth") and p != Path(ours["checkpoint"])]
+    assert len(saved) == 1, saved  # run_recbole's checkpoint
+    recbole_state = torch.load(saved[0], weights_only=False)["state_dict"]
+    ours_state = torch.load(ours["checkpoint"], weights_only=False)["state_dict"]
+    assert recbole_state.keys() == ours_state.keys()
+    assert all(torch.allclose(recbole_state[k], ours_state[k], atol=1e-5) for k in ours_state)
 
 
 def test_checkpoint_round_trip_gives_equal_predictions_and_metrics(tiny):
-    result = run("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus"})
-    config, model, _, _, _, _ = load_data_and_model(result["checkpoint"])
-    state = torch.load(result["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    """RecBole's load_data_and_model gives back the model as trained: the same scores for the same test users as a
+    copy of the in-memory model taken when the trainer saved it; re-evaluating the checkpoint gives the run's metrics."""
+    trained = {}
+
+    def keep_the_saved_model(trainer):
+        save = trainer._save_checkpoint
+
+        def save_and_copy(*args, **kwargs):
+            save(*args, **kwargs)
+            trained["model"] = copy.deepcopy(trainer.model).eval()
+
+        trainer._save_checkpoint = save_and_copy
+
+    result = run("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus", "epochs": 2},
+                 on_trainer=keep_the_saved_model)
+    config, model, _, _, _, test = load_data_and_model(result["checkpoint"])
+    model.eval()
+    test.trainer_ready = True  # the fixed-negatives loader; the plugin trainer marks it so
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        reloaded = model.full_sort_predict(batch)
+        assert reloaded.shape == (30, 41)  # every test user, every item (and the padding id)
+        assert torch.allclose(reloaded, trained["model"].full_sort_predict(batch), rtol=1e-5, atol=1e-12)
+        fresh = type(model)(config, test._dataset).eval().full_sort_predict(batch)  # scores of ~1e-4 on tiny
+        assert (fresh - reloaded).abs().max() > 0.1 * reloaded.abs().max()  # the weights were loaded
     assert evaluate_checkpoint(result["checkpoint"]) == result["test_result"]
 
 
@@ -81,13 +114,23 @@ def test_cli_list_and_convert_usage(capsys):
 
 
 def test_script_runs_as_a_user_would(tiny):
+    """The script's printed test line is the result recbole_ext.run gives for the same settings (its arguments reach
+    the run: the embedding size, epochs and columns), and its checkpoint holds that configuration."""
+    args = {"data_path": tiny["data_path"], "epochs": 1, "embedding_size": 8, "show_progress": False,
+            "state": "ERROR", "checkpoint_dir": tiny["checkpoint_dir"],
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"]}}
     proc = subprocess.run([sys.executable, str(ROOT / "run_recbole_ext.py"), "--model=ComiRec", "--dataset=tiny",
-                           f"--data_path={tiny['data_path']}", "--epochs=1", "--embedding_size=8",
-                           "--show_progress=False", "--state=ERROR", f"--checkpoint_dir={tiny['checkpoint_dir']}",
-                           "--load_col={'inter': ['user_id', 'item_id', 'timestamp']}"],
+                           *(f"--{key}={value}" for key, value in args.items())],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "test:" in proc.stdout and "ndcg@10" in proc.stdout
+    printed = next(line for line in proc.stdout.splitlines() if line.startswith("test:")).split()[1:]
+    printed = dict(zip(printed[::2], map(float, printed[1::2])))
+    assert set(printed) == {"hit@10", "ndcg@10", "mrr@10", "precision@10", "recall@10"}  # RecBole's defaults
+    checkpoint = next(line for line in proc.stdout.splitlines() if line.startswith("checkpoint:")).split()[1]
+    saved = torch.load(checkpoint, weights_only=False)["config"]
+    assert (saved["model"], saved["embedding_size"], saved["epochs"]) == ("ComiRec", 8, 1)
+    ours = run("ComiRec", "tiny", config_dict=args)["test_result"]
+    assert printed == pytest.approx({key: float(value) for key, value in ours.items()}, abs=1e-4)
 
 
 def test_candidate_scoring_equals_full_sort_gather(tiny):

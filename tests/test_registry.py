@@ -3,8 +3,10 @@
 import sys
 import textwrap
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
+import torch
 from recbole.config import Config
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import ModelType, get_model, get_trainer
@@ -14,8 +16,11 @@ from recbole_ext.trainer.base import PluginTrainerMixin
 
 
 def test_entry_points_list_plugin_models():
-    names = {ep.name for ep in entry_points(group="recbole.models")}
-    assert {"ComiRec", "TiMiRec"} <= names
+    """Every model the package declares is registered, and RecBole's lookup returns the entry point's own class."""
+    points = {ep.name: ep for ep in entry_points(group="recbole.models") if ep.value.startswith("recbole_ext.")}
+    assert {"ComiRec", "TiMiRec", "Re4", "MFN", "IFM", "INN", "DeepIFM", "MARIF"} <= set(points)
+    for name, ep in points.items():
+        assert get_model(name) is ep.load() and registry.MODELS[name] is ep.load(), name
 
 
 def test_recbole_lookups_find_plugin_model_and_trainer():
@@ -89,7 +94,12 @@ def test_external_distribution_is_discovered(tmp_path, tiny, monkeypatch):
         result = run_recbole(model="ToyPlug", dataset="tiny", config_dict=tiny)
         assert get_model("ToyPlug").__module__ == "toyplug"
         assert Config(model="ToyPlug", dataset="tiny", config_dict=tiny)["toy_marker"] == 7
-        assert 0.0 <= result["test_result"]["ndcg@5"] <= 1.0
+        assert set(result["test_result"]) == {"hit@5", "hit@10", "ndcg@5", "ndcg@10"}
+        checkpoint = [p for p in Path(tiny["checkpoint_dir"]).glob("ToyPlug-*.pth") if not p.name.endswith("-resume.pth")]
+        assert len(checkpoint) == 1, checkpoint
+        saved = torch.load(checkpoint[0], weights_only=False)
+        assert saved["config"]["model"] == "ToyPlug" and saved["config"]["toy_marker"] == 7  # its YAML reached the run
+        assert list(saved["state_dict"]) == ["emb.weight"] and saved["state_dict"]["emb.weight"].shape == (41, 4)
     finally:  # leave the process registry as other tests expect it
         registry.MODELS.pop("ToyPlug", None)
         sys.modules.pop("recbole.model.sequential_recommender.toyplug", None)

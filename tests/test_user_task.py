@@ -1,10 +1,13 @@
 """The user-level task for models without a head of their own (SASRec, ComiRec): the head on their user vector,
 trained end to end through recbole_ext's path, and refused where RecBole would train the wrong objective."""
 
+import copy
+
 import pytest
 import torch
 from recbole.quick_start import run_recbole
 from recbole.utils import get_model, init_seed
+from sklearn.metrics import roc_auc_score
 
 from recbole_ext.data import mfn as mfn_data
 from recbole_ext.model.user_task import UserClassifier, user_vector
@@ -42,18 +45,39 @@ def test_a_head_on_the_user_vector_learns_the_label(synthetic, tmp_path, model, 
 
 
 def test_run_reports_classification_and_the_checkpoint_reloads_to_the_same_probabilities(synthetic, tmp_path):
-    result = run("SASRec", TINY, config_dict={**synthetic, "checkpoint_dir": str(tmp_path), "epochs": 2})
-    assert {"classauc", "accuracy", "f1"} <= set(result["test_result"])
+    """The checkpoint reloads to the model as trained (a copy of the in-memory model taken whenever the trainer
+    saved, so the copy is the best epoch's), and the run's test metrics are those of its probabilities."""
+    trained = {}
+
+    def keep_the_saved_model(trainer):
+        save = trainer._save_checkpoint
+
+        def save_and_copy(*args, **kwargs):
+            save(*args, **kwargs)
+            trained["model"] = copy.deepcopy(trainer.model).eval()
+
+        trainer._save_checkpoint = save_and_copy
+
+    result = run("SASRec", TINY, config_dict={**synthetic, "checkpoint_dir": str(tmp_path), "epochs": 2},
+                 on_trainer=keep_the_saved_model)
     config, net, _, _, _, test = load(result["checkpoint"])
-    batch = next(iter(test))[0]
+    assert isinstance(net, UserClassifier) and "model" in trained
     net.eval()
-    reloaded = net.predict(batch)
-    config2 = build_config("SASRec", TINY, config_dict={**synthetic, "checkpoint_dir": str(tmp_path)})
-    fresh, *_ = _build(config2)
-    assert isinstance(net, UserClassifier) and not torch.allclose(fresh.eval().predict(batch), reloaded)
-    state = torch.load(result["checkpoint"], weights_only=False)["state_dict"]
-    assert any(key.startswith("user_head.") for key in state) and torch.equal(state["user_head.weight"],
-                                                                              net.user_head.weight)
+    probabilities, labels = [], []
+    with torch.no_grad():
+        for batch, *_ in test:
+            reloaded = net.predict(batch)
+            assert torch.allclose(reloaded, trained["model"].predict(batch), rtol=0, atol=1e-6)  # same users
+            probabilities.append(reloaded)
+            labels.append(batch["gender"])
+        config2 = build_config("SASRec", TINY, config_dict={**synthetic, "checkpoint_dir": str(tmp_path)})
+        fresh, *_ = _build(config2)
+        assert not torch.allclose(fresh.eval().predict(batch), reloaded, atol=1e-3)  # the weights were loaded
+    p, y = torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+    assert len(p) == 20  # one row per test user (200 users, split 8:1:1)
+    test_result = result["test_result"]
+    assert test_result["accuracy"] == pytest.approx(((p >= 0.5) == (y == 1)).mean(), abs=1e-4)
+    assert test_result["classauc"] == pytest.approx(roc_auc_score(y == 1, p), abs=1e-4)
 
 
 def test_recbole_trainer_and_a_bare_model_are_refused(synthetic, tmp_path):

@@ -32,6 +32,7 @@ from recbole_ext.compat import model_file
 from recbole_ext.data.ctr import RAW_SCORE_MODELS, needs_regression
 from recbole_ext.data.hooks import install_hooks
 from recbole_ext.evaluation import register_metrics
+from recbole_ext.model.context_aware.ifm import reference_fm
 from recbole_ext.model.context_aware.regression import regress_raw_score
 from recbole_ext.model.user_task import for_user_task
 from recbole_ext.trainer.base import default_trainer
@@ -166,8 +167,12 @@ def _wrap_config() -> None:
 def build_model(config, dataset):
     """A fresh model of ``config["model"]`` on ``dataset``, as RecBole builds it; RecBole's CTR models regress
     ±1 labels on their raw score under ``loss_type: MSE`` (protocol libfm); under ``task: user_classification`` a
-    model without a user head gets one (:mod:`recbole_ext.model.user_task`). Every entry point builds through here."""
+    model without a user head gets one (:mod:`recbole_ext.model.user_task`); the FM stage of an IFM run (its
+    ``-fm.pth``, whose config has IFM's ``fm_batch_norm``) is the reference FM it trained. Every entry point builds
+    through here."""
     model = recbole.utils.get_model(config["model"])(config, dataset).to(config["device"])  # compat patches get_model
+    if config["model"] == "FM" and config["fm_batch_norm"] is not None:
+        reference_fm(model, config)
     return regress_raw_score(model) if needs_regression(config) else for_user_task(config, dataset, model)
 
 

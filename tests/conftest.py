@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -114,3 +115,18 @@ def ratings(tmp_path) -> dict:
     pd.DataFrame({"item_id:token": [f"i{i}" for i in range(30)], "genre:token_seq": [f"g{i % 4} g{i % 5}" for i in range(30)],
                   "release_year:token": "1990"}).to_csv(folder / "rated.item", sep="\t", index=False)
     return {**CTR, "data_path": str(tmp_path / "data"), "checkpoint_dir": str(tmp_path / "saved"), "protocol": "ctr"}
+
+
+def keep_saved_model(store: dict):
+    """An ``on_trainer`` hook for ``run``: ``store["model"]`` is a copy of the in-memory model taken whenever the
+    trainer saves its checkpoint, so it is the best epoch's model as trained (what a reload must give back)."""
+    def attach(trainer) -> None:
+        save = trainer._save_checkpoint
+
+        def save_and_copy(*args, **kwargs):
+            save(*args, **kwargs)
+            store["model"] = copy.deepcopy(trainer.model).eval()
+
+        trainer._save_checkpoint = save_and_copy
+
+    return attach

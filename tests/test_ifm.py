@@ -16,7 +16,7 @@ from recbole_ext.evaluation import ClippedRMSE
 from recbole_ext.model.context_aware.ifm import FM_PARTS, reference_fm, warm_start
 from recbole_ext.model.layers import InteractionAwarePairs
 from recbole_ext.inference import TrainedModel
-from recbole_ext.quick_start import _build, build_config, run
+from recbole_ext.quick_start import _build, build_config, evaluate_checkpoint, load, run
 from recbole_ext.trainer import ifm as ifm_trainer
 from recbole_ext.trainer.base import resolve_trainer
 
@@ -252,6 +252,11 @@ def test_default_trains_the_reference_fm_then_ifm_from_its_weights(tmp_path, mon
     assert isinstance(norm, torch.nn.BatchNorm1d) and dropout.p == 0.7
     assert not torch.equal(fm["state_dict"]["fm.norm.running_var"], torch.ones(4))
     assert isinstance(stage_models[0].loss, torch.nn.MSELoss)  # it regressed the ±1 labels on its raw score
+    # the -fm.pth reloads as that reference FM (norm included) and evaluates: a sweep may test it
+    _, reloaded, *_ = load(trainer.fm_file)
+    assert isinstance(reloaded.fm.norm, torch.nn.BatchNorm1d) and isinstance(reloaded.loss, torch.nn.MSELoss)
+    assert all(torch.equal(value, fm["state_dict"][key]) for key, value in reloaded.state_dict().items())
+    assert all(math.isfinite(value) for value in evaluate_checkpoint(trainer.fm_file).values())
 
 
 def test_warm_start_switches_off_and_a_pretrain_path_replaces_the_fm_stage(tmp_path):

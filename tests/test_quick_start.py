@@ -1,6 +1,5 @@
 """Entry points: RecBole's run_recbole / load_data_and_model, recbole_ext.run, the CLI and its errors."""
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 import torch
 from recbole.quick_start import load_data_and_model, run_recbole
 
+from conftest import keep_saved_model
 from recbole_ext import run
 from recbole_ext.cli import main
 from recbole_ext.quick_start import evaluate_checkpoint
@@ -36,18 +36,8 @@ def test_checkpoint_round_trip_gives_equal_predictions_and_metrics(tiny):
     """RecBole's load_data_and_model gives back the model as trained: the same scores for the same test users as a
     copy of the in-memory model taken when the trainer saved it; re-evaluating the checkpoint gives the run's metrics."""
     trained = {}
-
-    def keep_the_saved_model(trainer):
-        save = trainer._save_checkpoint
-
-        def save_and_copy(*args, **kwargs):
-            save(*args, **kwargs)
-            trained["model"] = copy.deepcopy(trainer.model).eval()
-
-        trainer._save_checkpoint = save_and_copy
-
     result = run("ComiRec", "tiny", config_dict={**tiny, "protocol": "rechorus", "epochs": 2},
-                 on_trainer=keep_the_saved_model)
+                 on_trainer=keep_saved_model(trained))
     config, model, _, _, _, test = load_data_and_model(result["checkpoint"])
     model.eval()
     test.trainer_ready = True  # the fixed-negatives loader; the plugin trainer marks it so

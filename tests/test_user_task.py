@@ -1,7 +1,6 @@
 """The user-level task for models without a head of their own (SASRec, ComiRec): the head on their user vector,
 trained end to end through recbole_ext's path, and refused where RecBole would train the wrong objective."""
 
-import copy
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ from recbole.quick_start import run_recbole
 from recbole.utils import get_model, init_seed
 from sklearn.metrics import roc_auc_score
 
+from conftest import keep_saved_model
 from recbole_ext.data import mfn as mfn_data
 from recbole_ext.model.user_task import UserClassifier, user_vector
 from recbole_ext.quick_start import _build, build_config, load, run
@@ -48,18 +48,8 @@ def test_run_reports_classification_and_the_checkpoint_reloads_to_the_same_proba
     """The checkpoint reloads to the model as trained (a copy of the in-memory model taken whenever the trainer
     saved, so the copy is the best epoch's), and the run's test metrics are those of its probabilities."""
     trained = {}
-
-    def keep_the_saved_model(trainer):
-        save = trainer._save_checkpoint
-
-        def save_and_copy(*args, **kwargs):
-            save(*args, **kwargs)
-            trained["model"] = copy.deepcopy(trainer.model).eval()
-
-        trainer._save_checkpoint = save_and_copy
-
     result = run("SASRec", TINY, config_dict={**synthetic, "checkpoint_dir": str(tmp_path), "epochs": 2},
-                 on_trainer=keep_the_saved_model)
+                 on_trainer=keep_saved_model(trained))
     config, net, _, _, _, test = load(result["checkpoint"])
     assert isinstance(net, UserClassifier) and "model" in trained
     net.eval()

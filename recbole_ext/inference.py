@@ -45,6 +45,7 @@ from recbole.utils import ModelType, init_seed
 from recbole_ext import registry
 from recbole_ext.checkpoints import FINGERPRINT_KEY, check_unchanged, fingerprint, locate_data
 from recbole_ext.files import replace_file
+from recbole_ext.model.user_task import single_vector
 
 FORMATS = ("npy", "parquet", "csv")
 WHATS = ("items", "users", "interests")
@@ -288,8 +289,7 @@ class TrainedModel:
             return self._tokens(self.uid, np.arange(1, self.dataset.user_num)), rows[1:].cpu().numpy()
         if what == "interests" and not hasattr(self.model, "interest_vectors"):
             raise ValueError(f"export: {name} is not a multi-interest model; use --what=users or --what=items")
-        one_vector = getattr(self.model, "user_vectors", None)
-        if what == "users" and hasattr(self.model, "interest_vectors") and one_vector is None:
+        if what == "users" and hasattr(self.model, "interest_vectors") and not hasattr(self.model, "user_vectors"):
             raise ValueError(f"export: {name} represents a user by several interests; use --what=interests")
         if self.model.type != ModelType.SEQUENTIAL:
             raise ValueError(f"export: interests need a sequential multi-interest model, not {name}")
@@ -302,8 +302,7 @@ class TrainedModel:
             if what == "interests":
                 parts.append(self.model.interest_vectors(interaction))
                 continue
-            out = one_vector(interaction) if one_vector else \
-                self.model.forward(interaction[self.model.ITEM_SEQ], interaction[self.model.ITEM_SEQ_LEN])
+            out = single_vector(self.model, interaction)
             if out is None:
                 raise ValueError(f"export: {name} in this state scores by its interests; use --what=interests")
             if not isinstance(out, torch.Tensor) or out.dim() != 2:

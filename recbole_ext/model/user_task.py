@@ -27,14 +27,21 @@ from torch import nn
 from recbole_ext.model.layers import UserHead
 
 
+def single_vector(model: nn.Module, interaction) -> torch.Tensor | None:
+    """The model's own one vector per row: ``user_vectors`` when it has that method (None while it scores by its
+    interests, e.g. TiMiRec before its finetune stage), else ``forward(item_seq, item_seq_len)``. -> [B, d] | None"""
+    one = getattr(model, "user_vectors", None)
+    if one is not None:
+        return one(interaction)
+    return model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+
+
 def user_vector(model: nn.Module, interaction) -> torch.Tensor:
     """One vector per row from a sequential model (see the module docstring). -> [B, d]"""
-    one = getattr(model, "user_vectors", None)
-    out = one(interaction) if one is not None else None
-    if out is None and hasattr(model, "interest_vectors"):
+    multi = hasattr(model, "interest_vectors")
+    out = single_vector(model, interaction) if not multi or hasattr(model, "user_vectors") else None
+    if out is None and multi:
         out = model.interest_vectors(interaction).mean(1)
-    if out is None:
-        out = model.forward(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ValueError(f"task user_classification: {type(model).__name__} gives no user vector [B, d] "
                          "(no user_vectors or interest_vectors, and forward(item_seq, item_seq_len) is not [B, d])")

@@ -32,7 +32,7 @@ from recbole_ext.compat import model_file
 from recbole_ext.data.ctr import RAW_SCORE_MODELS, needs_regression
 from recbole_ext.data.hooks import install_hooks
 from recbole_ext.evaluation import register_metrics
-from recbole_ext.model.context_aware.ifm import reference_fm
+from recbole_ext.model.context_aware.ifm import fm_stage_model
 from recbole_ext.model.context_aware.regression import regress_raw_score
 from recbole_ext.model.user_task import for_user_task
 from recbole_ext.trainer.base import default_trainer
@@ -172,7 +172,7 @@ def build_model(config, dataset):
     through here."""
     model = recbole.utils.get_model(config["model"])(config, dataset).to(config["device"])  # compat patches get_model
     if config["model"] == "FM" and config["fm_batch_norm"] is not None:
-        reference_fm(model, config)
+        return fm_stage_model(model, config)
     return regress_raw_score(model) if needs_regression(config) else for_user_task(config, dataset, model)
 
 

@@ -13,7 +13,7 @@ from recbole.utils import get_model, init_seed
 from conftest import FAST
 from recbole_ext.data.convert import convert_libfm
 from recbole_ext.evaluation import ClippedRMSE
-from recbole_ext.model.context_aware.ifm import FM_PARTS, reference_fm, warm_start
+from recbole_ext.model.context_aware.ifm import FM_PARTS, fm_stage_model, reference_fm, warm_start
 from recbole_ext.model.layers import InteractionAwarePairs
 from recbole_ext.inference import TrainedModel
 from recbole_ext.quick_start import _build, build_config, evaluate_checkpoint, load, run
@@ -229,7 +229,7 @@ def test_default_trains_the_reference_fm_then_ifm_from_its_weights(tmp_path, mon
     stage_models, started_from = [], {}
 
     def keep_fm(fm, cfg):
-        stage_models.append(reference_fm(fm, cfg))
+        stage_models.append(fm_stage_model(fm, cfg))
         return stage_models[-1]
 
     def spy_warm_start(model, path, dataset_name):
@@ -237,7 +237,7 @@ def test_default_trains_the_reference_fm_then_ifm_from_its_weights(tmp_path, mon
         started_from.update({key: value.clone() for key, value in model.state_dict().items()})
         return copied
 
-    monkeypatch.setattr(ifm_trainer, "reference_fm", keep_fm)
+    monkeypatch.setattr(ifm_trainer, "fm_stage_model", keep_fm)
     monkeypatch.setattr(ifm_trainer, "warm_start", spy_warm_start)
     trainer = _fit(config)
     assert trainer.stage_epochs == {"fm": 3, "IFM": 2} and len(trainer.valid_curve) == 5

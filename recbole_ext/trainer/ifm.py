@@ -18,8 +18,7 @@ from contextlib import contextmanager
 from recbole.trainer import Trainer
 from recbole.utils import get_model
 
-from recbole_ext.model.context_aware.ifm import reference_fm, warm_start
-from recbole_ext.model.context_aware.regression import regress_raw_score
+from recbole_ext.model.context_aware.ifm import fm_stage_model, warm_start
 from recbole_ext.trainer.base import PluginTrainerMixin
 from recbole_ext.trainer.two_stage import TwoStageTrainer
 
@@ -69,9 +68,7 @@ class IFMTrainer(TwoStageTrainer):
     def _fit_first(self, train_data, valid_data, verbose, show_progress, callback_fn) -> int:
         """Train the reference FM with its own trainer, under the FM settings, saving to ``first_file``."""
         config, name = self.config, self.config["model"]
-        fm = reference_fm(get_model("FM")(config, train_data._dataset), config).to(config["device"])
-        if config["loss_type"] == "MSE":  # the reference's FM regresses the ±1 labels on its raw score
-            regress_raw_score(fm)
+        fm = fm_stage_model(get_model("FM")(config, train_data._dataset), config).to(config["device"])
         with overridden(config, model="FM", learner=config["fm_learner"], learning_rate=config["fm_learning_rate"],
                         epochs=self.first_stage_epochs(config)):
             stage = FMStageTrainer(config, fm)

@@ -42,6 +42,7 @@ from recbole.model.abstract_recommender import ContextRecommender
 from recbole.model.layers import BaseFactorizationMachine
 from torch import nn
 
+from recbole_ext.model.context_aware.regression import regress_raw_score
 from recbole_ext.model.layers import InteractionAwarePairs, relu_mlp
 
 # the parts of a ContextRecommender that an FM checkpoint holds: embeddings and the first-order part
@@ -94,6 +95,13 @@ def reference_fm(fm: nn.Module, config) -> nn.Module:
     part, as ``IFM.py --pretrain 1`` reads only V, w and w0: the norm's tensors stay in the FM. -> the model"""
     fm.fm = ReferenceBiInteraction(fm.embedding_size, config["fm_batch_norm"], config["fm_dropout"])
     return fm
+
+
+def fm_stage_model(fm: nn.Module, config) -> nn.Module:
+    """In place: RecBole's ``FM`` as an IFM run's FM stage trains it (and as its ``-fm.pth`` reloads): the reference
+    FM, regressing the ±1 labels on its raw score under ``loss_type: MSE`` as FM.py does. -> the model"""
+    reference_fm(fm, config)
+    return regress_raw_score(fm) if config["loss_type"] == "MSE" else fm
 
 
 class IFM(ContextRecommender):
